@@ -1,0 +1,295 @@
+"""Checksummed, atomic downloads into the data home.
+
+A dataset file is either present with the right checksum, or absent: a download streams to a
+temporary file in the destination folder, is verified, and only then renamed onto its final
+name (``os.replace`` is atomic within one file system). Every failure removes the temporary
+file, so an interrupted or corrupt download never looks like a finished one, and two processes
+fetching the same file at once cannot see each other's partial bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import tempfile
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from tqdm import tqdm
+
+from fedpoison.data.home import ENV_DATA
+from fedpoison.errors import DataError
+
+ENV_MIRROR = "FEDPOISON_MIRROR"
+"""Environment variable with a base URL tried before the built-in mirrors.
+
+The file is looked up at ``<base>/<dataset folder>/<file name>``: a mirror is laid out like
+the data home, so serving a copy of a data home over HTTP makes a mirror.
+"""
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds a connection may stay silent before that mirror counts as failed."""
+
+_CHUNK = 1 << 20
+_USER_AGENT = "fedpoison (python urllib)"
+
+
+class _MirrorFailed(Exception):
+    """One URL failed; the next mirror may still work."""
+
+
+def file_digests(path: Path, algorithms: Iterable[str]) -> dict[str, str]:
+    """Return ``{algorithm: hex digest}`` of the file at ``path``, reading it once."""
+    hashers = {name: hashlib.new(name) for name in algorithms}
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            for h in hashers.values():
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashers.items()}
+
+
+def _expected_digests(sha256: str | None, md5: str | None) -> dict[str, str]:
+    expected = {}
+    if sha256:
+        expected["sha256"] = sha256.lower()
+    if md5:
+        expected["md5"] = md5.lower()
+    if not expected:
+        raise ValueError("fetch needs an expected sha256 or md5: unverified files are refused")
+    return expected
+
+
+def _mismatch(expected: dict[str, str], actual: dict[str, str]) -> str | None:
+    """Describe the first digest that differs, naming both values, or return None."""
+    for name, want in expected.items():
+        if actual[name] != want:
+            return f"{name} mismatch: expected {want}, got {actual[name]}"
+    return None
+
+
+def mirror_urls(filename: str, dest_dir: Path, urls: Sequence[str]) -> list[str]:
+    """Return the URLs to try in order: ``$FEDPOISON_MIRROR`` (if set) first, then ``urls``."""
+    out: list[str] = []
+    base = os.environ.get(ENV_MIRROR, "")
+    if base:
+        folder = urllib.parse.quote(Path(dest_dir).name)
+        out.append(f"{base.rstrip('/')}/{folder}/{urllib.parse.quote(filename)}")
+    out.extend(urls)
+    return out
+
+
+def _how_to_install(dest: Path, expected: dict[str, str]) -> str:
+    sums = ", ".join(f"{name} {value}" for name, value in expected.items())
+    return (
+        f"To install it by hand, put the file at\n  {dest}\n(expected {sums}). "
+        f"To use another data folder, set {ENV_DATA} to a folder that holds "
+        f"{dest.parent.name}/{dest.name}; to try another mirror first, set {ENV_MIRROR} to a "
+        f"base URL that serves <base>/{dest.parent.name}/{dest.name}."
+    )
+
+
+def ensure_writable(folder: Path, filename: str) -> None:
+    """Refuse to write into ``folder`` when its permission bits mark it read-only.
+
+    Checked on the mode bits rather than with ``os.access``: a process running as root may
+    write anywhere, but a shared data folder made read-only must still stay untouched.
+    """
+    # A folder that does not exist yet would be created inside its nearest existing ancestor.
+    for candidate in (folder, *folder.parents):
+        try:
+            mode = candidate.stat().st_mode
+        except OSError:
+            continue
+        if not mode & 0o222:
+            raise DataError(
+                f"{candidate} is read-only, so {folder / filename} cannot be written. Put the "
+                f"file there by hand, or set {ENV_DATA} to a writable folder."
+            )
+        return
+
+
+def _write(out: BinaryIO, chunk: bytes, tmp: Path) -> None:
+    """Write to the temporary file; a local disk error is not a mirror failure."""
+    try:
+        out.write(chunk)
+    except OSError as e:
+        raise DataError(f"cannot write {tmp} ({e}): is the disk full?") from e
+
+
+def _download_one(
+    url: str,
+    dest: Path,
+    expected: dict[str, str],
+    *,
+    progress: bool,
+    timeout: float,
+) -> None:
+    """Stream ``url`` to a temporary file next to ``dest``, verify it, rename it onto ``dest``.
+
+    Raises :class:`_MirrorFailed` for anything the next mirror might not share (network
+    errors, truncation, wrong checksum) and :class:`DataError` for local problems. The
+    temporary file is removed on every failure, interrupts included.
+    """
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as e:
+        raise DataError(
+            f"cannot write to {dest.parent} ({e}). Set {ENV_DATA} to a writable folder, or "
+            f"put {dest.name} there by hand."
+        ) from e
+    tmp = Path(tmp_name)
+    done = False
+    try:
+        hashers = {name: hashlib.new(name) for name in expected}
+        received = 0
+        total: int | None = None
+        with os.fdopen(fd, "wb") as out:
+            request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    length = response.headers.get("Content-Length")
+                    total = int(length) if length and length.strip().isdigit() else None
+                    with tqdm(
+                        total=total,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=dest.name,
+                        file=sys.stderr,
+                        disable=not progress,
+                    ) as bar:
+                        while chunk := response.read(_CHUNK):
+                            _write(out, chunk, tmp)
+                            for h in hashers.values():
+                                h.update(chunk)
+                            received += len(chunk)
+                            bar.update(len(chunk))
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                raise _MirrorFailed(f"{type(e).__name__}: {e}") from e
+        if total is not None and received != total:
+            raise _MirrorFailed(
+                f"connection closed after {received} of {total} bytes (Content-Length)"
+            )
+        problem = _mismatch(expected, {n: h.hexdigest() for n, h in hashers.items()})
+        if problem:
+            raise _MirrorFailed(f"downloaded {received} bytes but {problem}")
+        os.replace(tmp, dest)
+        done = True
+    finally:
+        if not done:
+            tmp.unlink(missing_ok=True)
+
+
+def fetch(
+    filename: str,
+    dest_dir: Path,
+    urls: Sequence[str],
+    sha256: str | None,
+    *,
+    md5: str | None = None,
+    progress: bool = True,
+    download: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Path:
+    """Return ``dest_dir/filename``, downloading and verifying it first if it is absent.
+
+    ``urls`` are full URLs of the file, tried in order after ``$FEDPOISON_MIRROR``. At least
+    one of ``sha256`` and ``md5`` is required, and every one given must match. An existing
+    file is verified too, and a wrong one is an error rather than silently replaced: it may
+    be a user's own copy. ``download=False`` turns a missing file into an error that says
+    where to put it. ``progress`` shows a tqdm bar on stderr.
+
+    Raises :class:`DataError` naming the file, the hashes or URLs involved, and what to do.
+    """
+    expected = _expected_digests(sha256, md5)
+    dest_dir = Path(dest_dir)
+    dest = dest_dir / filename
+    if dest.exists():
+        if not dest.is_file():
+            raise DataError(f"{dest} exists but is not a regular file: remove it and run again.")
+        problem = _mismatch(expected, file_digests(dest, expected))
+        if problem:
+            raise DataError(
+                f"{dest} exists but its {problem}. The file is corrupt or a different "
+                "version: delete it (or replace it with a correct copy) and run again to "
+                "download it."
+            )
+        return dest
+
+    candidates = mirror_urls(filename, dest_dir, urls)
+    if not download:
+        sources = "".join(f"\n  {u}" for u in candidates)
+        raise DataError(
+            f"{filename} is missing and downloading is disabled (download=False). It can be "
+            f"downloaded from:{sources}\n{_how_to_install(dest, expected)}"
+        )
+    ensure_writable(dest_dir, filename)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"cannot create {dest_dir} ({e}). Set {ENV_DATA} to a writable folder, or create "
+            f"it and put {filename} there by hand."
+        ) from e
+
+    failures: list[str] = []
+    for url in candidates:
+        try:
+            _download_one(url, dest, expected, progress=progress, timeout=timeout)
+        except _MirrorFailed as e:
+            failures.append(f"\n  {url}: {e}")
+        else:
+            return dest
+    tried = "".join(failures) if failures else " none (no download URL is known)"
+    raise DataError(
+        f"could not download {filename}; URLs tried:{tried}\n{_how_to_install(dest, expected)}"
+    )
+
+
+class DecodeCache:
+    """In-process cache of decoded files, keyed by path and the file's mtime and size.
+
+    Decoding MNIST from gzip takes about half a second; a sweep of many runs in one process
+    should pay it once. Nothing is written to disk (the data home may be read-only). A file
+    replaced on disk gets a new mtime or size and is decoded (and verified) again. Cached
+    values must be treated as immutable: store read-only arrays and copy them on the way out.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Path, tuple[tuple[int, int], Any]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(path: Path) -> tuple[Path, tuple[int, int]] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return path.absolute(), (st.st_mtime_ns, st.st_size)
+
+    def get(self, path: Path) -> Any | None:
+        """Return the value stored for ``path`` if the file is unchanged since, else None."""
+        key = self._key(Path(path))
+        if key is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(key[0])
+        return entry[1] if entry is not None and entry[0] == key[1] else None
+
+    def put(self, path: Path, value: Any) -> None:
+        """Remember ``value`` for the current version of the file at ``path``."""
+        key = self._key(Path(path))
+        if key is not None:
+            with self._lock:
+                self._entries[key[0]] = (key[1], value)
+
+    def clear(self) -> None:
+        """Forget everything (tests use this to measure a cold load)."""
+        with self._lock:
+            self._entries.clear()

@@ -1,0 +1,58 @@
+"""Where datasets live on disk.
+
+The data home holds one folder per dataset, laid out like the offline copy in
+``shared/datasets``::
+
+    <home>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
+    <home>/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
+    <home>/ch-mnist/hmnist_64_64_L.csv
+    <home>/breast-cancer/            (unused: the data ships with scikit-learn)
+
+``FEDPOISON_DATA`` points at a home (for example a shared read-only copy); without it the
+home is a per-user cache folder, so downloads are made once per user.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_DATA = "FEDPOISON_DATA"
+"""Environment variable that overrides the data home."""
+
+SUBDIRS: dict[str, str] = {
+    "mnist": "mnist",
+    "fashion-mnist": "fashion-mnist",
+    "ch-mnist": "ch-mnist",
+    "breast-cancer": "breast-cancer",
+}
+"""Dataset name -> folder under the data home."""
+
+
+def _absolute(path: Path) -> Path:
+    """Expand ``~`` and make ``path`` absolute and normalized (``a/../b`` -> ``b``) without
+    resolving symlinks, so messages show the path the user gave, only complete."""
+    return Path(os.path.abspath(path.expanduser()))
+
+
+def data_home() -> Path:
+    """Return the data home: ``$FEDPOISON_DATA`` if set and non-empty, else the user cache.
+
+    The user cache is ``$XDG_CACHE_HOME/fedpoison`` when ``XDG_CACHE_HOME`` is an absolute
+    path (the XDG spec says to ignore relative values), else ``~/.cache/fedpoison``. The
+    result is absolute and normalized, so error messages can name exact file locations. The
+    folder is not created here: downloads create what they need, and a read-only home stays
+    untouched.
+    """
+    explicit = os.environ.get(ENV_DATA, "")
+    if explicit:
+        return _absolute(Path(explicit))
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    cache = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return _absolute(cache / "fedpoison")
+
+
+def dataset_dir(name: str, home: Path | None = None) -> Path:
+    """Return the folder of dataset ``name`` (a key of :data:`SUBDIRS`) under ``home``."""
+    base = data_home() if home is None else _absolute(Path(home))
+    return base / SUBDIRS[name]

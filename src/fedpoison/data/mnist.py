@@ -1,0 +1,128 @@
+"""MNIST and Fashion-MNIST from the original IDX ``.gz`` files.
+
+Both have the paper's fixed split (60,000 train / 10,000 test, Section 4.1), 28x28 grayscale
+images and 10 classes. Images become float32 ``[n, 1, 28, 28]`` equal to ``uint8 / 255``.
+The SHA-256s are those of the original public files (``shared/datasets/SHA256SUMS``), so a
+file from any mirror, or put in place by hand, is checked against the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedpoison.data.base import Dataset
+from fedpoison.data.download import DecodeCache, fetch
+from fedpoison.data.home import dataset_dir
+from fedpoison.data.idx import read_idx_images, read_idx_labels
+from fedpoison.errors import DataError
+
+TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
+TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
+TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
+TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
+
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+"""Base URLs of MNIST, tried in order (after ``$FEDPOISON_MIRROR``)."""
+
+FASHION_MNIST_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+"""Base URLs of Fashion-MNIST."""
+
+MNIST_SHA256 = {
+    TRAIN_IMAGES: "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    TRAIN_LABELS: "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    TEST_IMAGES: "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    TEST_LABELS: "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+
+FASHION_MNIST_SHA256 = {
+    TRAIN_IMAGES: "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    TRAIN_LABELS: "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    TEST_IMAGES: "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    TEST_LABELS: "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 28
+
+_CACHE = DecodeCache()
+
+
+def _read(
+    filename: str,
+    folder: Path,
+    mirrors: tuple[str, ...],
+    sha256: str,
+    *,
+    images: bool,
+    download: bool,
+    progress: bool,
+) -> np.ndarray:
+    """Return the verified, decoded (read-only uint8) array of one IDX file, cached."""
+    path = folder / filename
+    cached = _CACHE.get(path)
+    if cached is not None:
+        return cached
+    urls = [base + filename for base in mirrors]
+    fetch(filename, folder, urls, sha256, progress=progress, download=download)
+    array = read_idx_images(path) if images else read_idx_labels(path)
+    _CACHE.put(path, array)
+    return array
+
+
+def _load(
+    name: str,
+    home: Path | None,
+    mirrors: tuple[str, ...],
+    sha256s: dict[str, str],
+    *,
+    download: bool,
+    progress: bool,
+) -> Dataset:
+    folder = dataset_dir(name, home)
+    tensors = []
+    for images_file, labels_file in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
+        common = {"download": download, "progress": progress}
+        images = _read(images_file, folder, mirrors, sha256s[images_file], images=True, **common)
+        labels = _read(labels_file, folder, mirrors, sha256s[labels_file], images=False, **common)
+        if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or images.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"{folder}: {images_file} holds images {images.shape} but {labels_file} "
+                f"{labels.shape[0]} labels; expected [n, {IMAGE_SIZE}, {IMAGE_SIZE}] and n labels"
+            )
+        if labels.size and int(labels.max()) >= NUM_CLASSES:
+            raise DataError(f"{folder / labels_file}: label {int(labels.max())} is not in 0..9")
+        x = images.astype(np.float32)  # a fresh writable copy: the cached array stays intact
+        x /= 255
+        tensors.append(torch.from_numpy(x).unsqueeze(1))
+        tensors.append(torch.from_numpy(labels.astype(np.int64)))
+    x_train, y_train, x_test, y_test = tensors
+    return Dataset(name, x_train, y_train, x_test, y_test, NUM_CLASSES)
+
+
+def load_mnist(
+    home: Path | None = None, *, download: bool = True, progress: bool = True
+) -> Dataset:
+    """Load MNIST from ``<home>/mnist/`` (default home: :func:`data_home`), downloading it
+    there if absent and ``download`` is true."""
+    return _load("mnist", home, MNIST_MIRRORS, MNIST_SHA256, download=download, progress=progress)
+
+
+def load_fashion_mnist(
+    home: Path | None = None, *, download: bool = True, progress: bool = True
+) -> Dataset:
+    """Load Fashion-MNIST from ``<home>/fashion-mnist/``, downloading it if absent and
+    ``download`` is true."""
+    return _load(
+        "fashion-mnist",
+        home,
+        FASHION_MNIST_MIRRORS,
+        FASHION_MNIST_SHA256,
+        download=download,
+        progress=progress,
+    )

@@ -1,0 +1,1 @@
+"""Experiments: paper presets, sweeps, executors and the results store."""

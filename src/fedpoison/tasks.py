@@ -1,0 +1,124 @@
+"""Task = dataset + model + how the training set is spread over workers.
+
+The task owns the only model-specific computation of a run: batched local SGD for all
+sampled workers at once (paper Section 2.1, Step II) and evaluation of global models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fedpoison.data.base import Dataset
+from fedpoison.data.partition import Partition
+from fedpoison.models.base import FlatModel
+
+EVAL_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Error rate and mean cross-entropy of one model on one labelled set."""
+
+    error: float
+    loss: float
+
+
+def sample_batches(
+    partition: Partition, workers: Tensor, batch_size: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """One mini-batch per worker, drawn without replacement from its local data.
+
+    Returns example ids [k, B] and a mask [k, B]; a worker holding fewer than B examples uses
+    all of them (mask False on the padding). One random key per (worker, local example) and a
+    top-k: no loop over workers.
+    """
+    counts = partition.counts[workers]
+    rows = partition.indices[workers]
+    width = rows.shape[1]
+    keys = torch.rand(rows.shape, generator=generator)
+    keys.masked_fill_(torch.arange(width) >= counts[:, None], 2.0)
+    take = min(batch_size, width)
+    pos = torch.topk(keys, take, dim=1, largest=False, sorted=False).indices
+    mask = pos < counts[:, None]
+    return torch.gather(rows, 1, pos), mask
+
+
+class Task:
+    """A dataset, a flat model and a partition of the training set over workers."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        model: FlatModel,
+        partition: Partition,
+        *,
+        lr: float,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        x_train: Tensor | None = None,
+    ) -> None:
+        """``x_train`` overrides the dataset's training inputs (a data-poisoning attack may
+        have added examples); ``partition`` must index into it."""
+        self.dataset = dataset
+        self.model = model
+        self.partition = partition
+        self.lr = lr
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        x = dataset.x_train if x_train is None else x_train
+        self.x_train = x.to(self.device)
+        self.x_test = dataset.x_test.to(self.device)
+        self.y_test = dataset.y_test.to(self.device)
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    def local_train(
+        self,
+        w: Tensor,
+        workers: Tensor,
+        labels: Tensor,
+        rounds: int,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """Local models of ``workers`` after ``rounds`` SGD steps from the global model ``w``.
+
+        Each step is w_i ← w_i − α ∇F(w_i, B_i) with B_i a fresh batch of worker i's data
+        (paper Section 2.1, Step II). ``labels`` are the training labels as the workers see
+        them (a data-poisoning attack may have changed some). Returns [k, d].
+        """
+        k = workers.numel()
+        W = w.expand(k, -1).clone()
+        for r in range(rounds):
+            idx, mask = sample_batches(self.partition, workers, self.batch_size, generator)
+            idx, mask = idx.to(self.device), mask.to(self.device)
+            x = self.x_train[idx]
+            y = labels[idx]
+            W.sub_(self.model.batched_grad(W, x, y, mask, shared=(r == 0)), alpha=self.lr)
+        return W
+
+    def evaluate_many(self, W: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Error rates and mean cross-entropies of k models W [k, d] on (x, y): two [k] tensors."""
+        k = W.shape[0]
+        wrong = torch.zeros(k, dtype=torch.float64, device=W.device)
+        loss = torch.zeros(k, dtype=torch.float64, device=W.device)
+        for start in range(0, x.shape[0], EVAL_CHUNK):
+            xb, yb = x[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+            logits = self.model.logits(W, xb).float()  # [k, n, L]
+            # A non-finite model (e.g. mean under a hostile update) predicts nothing right.
+            bad = ~torch.isfinite(logits).all(2)
+            wrong += ((logits.argmax(2) != yb) | bad).sum(1).double()
+            logp = torch.log_softmax(logits, dim=2)
+            loss -= logp.gather(2, yb.expand(k, -1)[:, :, None]).squeeze(2).double().sum(1)
+        n = max(x.shape[0], 1)
+        loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
+        return wrong / n, loss / n
+
+    def evaluate(self, w: Tensor) -> Evaluation:
+        """Test error rate and cross-entropy of one global model."""
+        err, loss = self.evaluate_many(w[None], self.x_test, self.y_test)
+        return Evaluation(error=float(err[0]), loss=float(loss[0]))

@@ -1,0 +1,197 @@
+"""Dataset loaders, data home, IDX parsing and the registry.
+
+The MNIST / Fashion-MNIST tests read the offline copy named by ``FEDPOISON_DATA`` (CI sets it
+to ../shared/datasets) and are skipped when it is not set; nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedpoison.data import mnist
+from fedpoison.data.breast_cancer import load_breast_cancer
+from fedpoison.data.home import ENV_DATA, data_home, dataset_dir
+from fedpoison.data.idx import IMAGES_MAGIC, parse_idx, read_idx, read_idx_images
+from fedpoison.data.registry import DATASETS, load
+from fedpoison.errors import ConfigError, DataError
+
+MNIST_TRAIN_HIST = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_HIST = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture(scope="module")
+def shared_home() -> Path:
+    value = os.environ.get(ENV_DATA)
+    if not value:
+        pytest.skip(f"{ENV_DATA} is not set (CI points it at ../shared/datasets)")
+    return Path(value)
+
+
+# --- data home -------------------------------------------------------------------------
+
+
+def test_data_home_prefers_env_var(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(ENV_DATA, str(tmp_path / "d"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_home() == tmp_path / "d"
+    assert dataset_dir("fashion-mnist") == tmp_path / "d" / "fashion-mnist"
+    assert dataset_dir("ch-mnist", tmp_path) == tmp_path / "ch-mnist"
+
+
+def test_data_home_relative_env_var_is_made_absolute(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_DATA, "../shared/datasets")
+    assert data_home() == Path.cwd().parent / "shared" / "datasets"
+    assert data_home().is_absolute()
+
+
+def test_data_home_defaults_to_user_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(ENV_DATA, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_home() == tmp_path / "xdg" / "fedpoison"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    assert data_home() == Path.home() / ".cache" / "fedpoison"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv(ENV_DATA, "")
+    assert data_home() == Path.home() / ".cache" / "fedpoison"
+
+
+# --- IDX -------------------------------------------------------------------------------
+
+
+def _idx_images(n: int, rows: int = 2, cols: int = 3) -> bytes:
+    return struct.pack(">IIII", IMAGES_MAGIC, n, rows, cols) + bytes(range(n * rows * cols))
+
+
+def test_parse_idx_roundtrip() -> None:
+    arr = parse_idx(_idx_images(4), "x", expected_magic=IMAGES_MAGIC)
+    assert arr.shape == (4, 2, 3) and arr.dtype == np.uint8
+    assert arr.ravel().tolist() == list(range(24))
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (_idx_images(4)[:-1], "truncated IDX data"),
+        (_idx_images(4) + b"\0", "unexpected bytes"),
+        (_idx_images(4)[:10], "truncated IDX header"),
+        (b"\0\0", "truncated IDX file"),
+        (struct.pack(">II", 2049, 4) + b"\0" * 4, "magic number is 2049, expected 2051"),
+    ],
+)
+def test_parse_idx_rejects_bad_files(raw: bytes, match: str) -> None:
+    with pytest.raises(DataError, match=match) as info:
+        parse_idx(raw, "some/file.gz", expected_magic=IMAGES_MAGIC)
+    assert "some/file.gz" in str(info.value)
+
+
+def test_read_idx_gz_and_corrupt_gzip(tmp_path: Path) -> None:
+    good = tmp_path / "good-idx3-ubyte.gz"
+    good.write_bytes(gzip.compress(_idx_images(3)))
+    assert read_idx_images(good).shape == (3, 2, 3)
+    truncated = tmp_path / "trunc.gz"
+    truncated.write_bytes(good.read_bytes()[:-12])
+    with pytest.raises(DataError, match="truncated") as info:
+        read_idx(truncated)
+    assert str(truncated) in str(info.value)
+    garbage = tmp_path / "garbage.gz"
+    garbage.write_bytes(b"this is not gzip at all")
+    with pytest.raises(DataError, match="not a valid gzip file"):
+        read_idx(garbage)
+
+
+# --- MNIST and Fashion-MNIST -------------------------------------------------------------
+
+
+def test_mnist(shared_home: Path) -> None:
+    ds = load("mnist", home=shared_home, download=False)
+    assert ds.name == "mnist" and ds.num_classes == 10
+    assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
+    assert float(ds.x_train.min()) == 0.0 and float(ds.x_train.max()) == 1.0
+    assert ds.y_train.bincount().tolist() == MNIST_TRAIN_HIST
+    assert ds.y_test.bincount().tolist() == MNIST_TEST_HIST
+    # Exactly uint8 / 255 (in float32), not some other scaling.
+    raw = read_idx_images(shared_home / "mnist" / mnist.TEST_IMAGES)
+    expected = torch.from_numpy(raw.astype(np.float32)) / 255
+    assert torch.equal(ds.x_test[:, 0], expected)
+
+
+def test_fashion_mnist(shared_home: Path) -> None:
+    ds = load("fashion-mnist", home=shared_home, download=False)
+    assert ds.name == "fashion-mnist" and ds.num_classes == 10
+    assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
+    assert ds.x_test.dtype == torch.float32 and ds.y_test.dtype == torch.int64
+    assert float(ds.x_train.min()) >= 0.0 and float(ds.x_train.max()) <= 1.0
+    assert ds.y_train.bincount().tolist() == [6000] * 10
+    assert ds.y_test.bincount().tolist() == [1000] * 10
+
+
+def test_repeated_loads_are_cached_but_independent(shared_home: Path) -> None:
+    a = load("mnist", home=shared_home, download=False)
+    b = load("mnist", home=shared_home, download=False)
+    assert a.x_train is not b.x_train
+    assert torch.equal(a.x_test, b.x_test)
+    a.x_test.zero_()
+    a.y_test.zero_()
+    c = load("mnist", home=shared_home, download=False)
+    assert float(c.x_test.max()) == 1.0 and c.y_test.bincount().tolist() == MNIST_TEST_HIST
+
+
+def test_missing_mnist_without_download_says_where(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load("mnist", home=tmp_path, download=False)
+    assert str(tmp_path / "mnist" / mnist.TRAIN_IMAGES) in str(info.value)
+
+
+def test_corrupt_mnist_file_is_refused(tmp_path: Path, shared_home: Path) -> None:
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in mnist.MNIST_SHA256:
+        (folder / name).symlink_to(shared_home.absolute() / "mnist" / name)
+    (folder / mnist.TEST_LABELS).unlink()
+    (folder / mnist.TEST_LABELS).write_bytes(b"garbage")
+    with pytest.raises(DataError, match="sha256 mismatch") as info:
+        load("mnist", home=tmp_path, download=False)
+    assert mnist.MNIST_SHA256[mnist.TEST_LABELS] in str(info.value)
+
+
+# --- breast cancer -----------------------------------------------------------------------
+
+
+def test_breast_cancer_split_and_standardization() -> None:
+    ds = load("breast-cancer", seed=0)
+    assert ds.name == "breast-cancer" and ds.num_classes == 2
+    assert ds.x_train.shape == (455, 30) and ds.x_test.shape == (114, 30)
+    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
+    # Both splits together are the whole dataset: 212 malignant (0), 357 benign (1).
+    y_all = torch.cat([ds.y_train, ds.y_test])
+    assert y_all.bincount().tolist() == [212, 357]
+    # Standardized with the training split's statistics.
+    assert torch.allclose(ds.x_train.mean(0), torch.zeros(30), atol=1e-5)
+    assert torch.allclose(ds.x_train.std(0, unbiased=False), torch.ones(30), atol=1e-4)
+
+
+def test_breast_cancer_seed_determinism() -> None:
+    a, b, c = load_breast_cancer(7), load_breast_cancer(7), load_breast_cancer(8)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.x_train, c.x_train)
+
+
+# --- registry ----------------------------------------------------------------------------
+
+
+def test_registry_names_and_unknown_name() -> None:
+    assert DATASETS == ("mnist", "fashion-mnist", "ch-mnist", "breast-cancer")
+    with pytest.raises(ConfigError) as info:
+        load("cifar10")
+    assert info.value.field == "dataset"
+    assert all(name in str(info.value) for name in DATASETS)
+    with pytest.raises(ConfigError, match="did you mean 'fashion-mnist'"):
+        load("Fashion_MNIST")
