@@ -1,0 +1,190 @@
+"""Coordinate-wise rules from one sort: trimmed mean and median (paper Section 2.2).
+
+Every coordinate-wise rule here is written in two steps so that variants (leave-one-out for
+the defenses, Bulyan's second stage) can reuse one sort:
+
+1. ``sort_workers(W)`` sorts each column of ``W`` along the worker axis, with NaN mapped to
+   ``+inf`` so that the order is total and the same on every backend;
+2. ``trimmed_mean_sorted`` / ``median_sorted`` / ``closest_to_median_mean_sorted`` reduce
+   the sorted matrix.
+
+Backend. On CPU the sort runs in NumPy (``np.sort`` along axis 0 was about 7x faster than
+``torch.sort`` on these machines: 100 x 7850 float32, 1.9 ms vs 14 ms; 100 x 270k, 84 ms vs
+570 ms) and shares memory with the returned tensor; CUDA (any non-CPU) tensors use
+``torch.sort``. Both paths give the same numbers.
+
+Hostile rows. If at most ``beta`` rows of ``W`` hold NaN, +-Inf or huge finite values,
+every value trimmed mean keeps lies between two benign values of its column (at least one
+benign value is dropped above it and one below), so its output is finite and inside the
+benign range. Sums run in float64, so keeping large-but-finite values cannot overflow either.
+The same argument gives a finite median when fewer than ``m / 2`` rows are hostile.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedpoison.aggregators.mean import check_count, check_matrix
+
+__all__ = [
+    "check_median",
+    "check_trimmed_mean",
+    "closest_to_median_mean_sorted",
+    "median",
+    "median_sorted",
+    "sort_workers",
+    "trimmed_mean",
+    "trimmed_mean_sorted",
+]
+
+#: Use NumPy for the sort and reductions of CPU tensors (tests switch it off to exercise the
+#: torch path that CUDA tensors take).
+NUMPY_ON_CPU: bool = True
+
+
+def _numpy_path(t: Tensor) -> bool:
+    return NUMPY_ON_CPU and t.device.type == "cpu"
+
+
+def sort_workers(W: Tensor) -> Tensor:
+    """Sort each column of ``W`` (``m x d``) ascending along the worker axis; NaN -> ``+inf``.
+
+    Returns a new tensor on ``W``'s device with ``W``'s dtype.
+    """
+    W = W.detach()
+    if _numpy_path(W):
+        S_np = np.sort(W.numpy(), axis=0)  # NaN sorts last, after +inf
+        if S_np.shape[0] and np.isnan(S_np[-1]).any():
+            np.copyto(S_np, np.inf, where=np.isnan(S_np))
+        return torch.from_numpy(S_np)
+    S = torch.sort(W, dim=0).values  # torch also sorts NaN last
+    if S.shape[0] and bool(torch.isnan(S[-1]).any()):
+        S = torch.where(torch.isnan(S), torch.inf, S)
+    return S
+
+
+def _sum_rows_f64(X: Tensor) -> Tensor:
+    """Sum over the worker axis in float64 (a ``d`` vector)."""
+    if _numpy_path(X):
+        return torch.from_numpy(np.add.reduce(X.numpy(), axis=0, dtype=np.float64))
+    return X.sum(dim=0, dtype=torch.float64)
+
+
+def _median_sorted_f64(S: Tensor) -> Tensor:
+    """Median of each column of a sorted matrix, in float64 (mean of the two middles)."""
+    n = S.shape[0]
+    if n % 2:
+        return S[n // 2].to(torch.float64)
+    return (S[n // 2 - 1].to(torch.float64) + S[n // 2].to(torch.float64)) * 0.5
+
+
+def trimmed_mean_sorted(S: Tensor, beta: int) -> Tensor:
+    """Trimmed mean from a column-sorted matrix: drop ``beta`` per side, average the rest."""
+    n = S.shape[0]
+    kept = S[beta : n - beta]
+    return (_sum_rows_f64(kept) / (n - 2 * beta)).to(S.dtype)
+
+
+def median_sorted(S: Tensor) -> Tensor:
+    """Median from a column-sorted matrix; an even count gives the mean of the two middles."""
+    return _median_sorted_f64(S).to(S.dtype)
+
+
+def _twice_median_sorted_f64(S: Tensor) -> Tensor:
+    """Twice the median of each column of a sorted matrix, exactly, in float64."""
+    n = S.shape[0]
+    if n % 2:
+        return S[n // 2].to(torch.float64) * 2.0
+    return S[n // 2 - 1].to(torch.float64) + S[n // 2].to(torch.float64)
+
+
+def closest_to_median_mean_sorted(S: Tensor, gamma: int) -> Tensor:
+    """Per column, the mean of the ``gamma`` values closest to the median (Bulyan's stage 2).
+
+    ``S`` is column-sorted (``n x d``). The ``gamma`` values closest to the median ``med``
+    form a window ``S[j : j + gamma]`` of the sorted column. Moving the window from ``j`` to
+    ``j + 1`` drops ``S[j]`` and gains ``S[j + gamma]``; it brings the window closer iff
+    ``med - S[j] > S[j + gamma] - med``, i.e. ``S[j] + S[j + gamma] < 2 med``. The left
+    side grows with ``j``, so the test holds for a prefix ``j = 0 .. t - 1`` and the window
+    starts at ``t``, the count of ``j`` for which it holds: the leftmost window that keeps
+    every value strictly closer than the farthest one kept. On a tie in distance it keeps
+    the lower value, the same values a stable sort by distance would keep (tested against
+    one). Pair sums and ``2 med`` are computed in float64 (exact for float32 values within
+    a factor 2**29 of each other); the window is summed in float64.
+    """
+    n = S.shape[0]
+    if not 1 <= gamma <= n:
+        raise ValueError(f"closest-to-median mean: needs 1 <= gamma <= n, got n={n}, gamma={gamma}")
+    twice_med = _twice_median_sorted_f64(S)
+    if _numpy_path(S):
+        s = S.numpy()
+        pair_sums = np.add(s[: n - gamma], s[gamma:], dtype=np.float64)
+        start = np.count_nonzero(pair_sums < twice_med.numpy(), axis=0)
+        pos = np.arange(n)[:, None]
+        inside = (pos >= start) & (pos < start + gamma)
+        total = np.add.reduce(np.where(inside, s, np.float32(0)), axis=0, dtype=np.float64)
+        return torch.from_numpy(total / gamma).to(S.dtype)
+    pair_sums_t = S[: n - gamma].to(torch.float64) + S[gamma:].to(torch.float64)
+    start_t = (pair_sums_t < twice_med).sum(dim=0)
+    pos_t = torch.arange(n, device=S.device).unsqueeze(1)
+    inside_t = (pos_t >= start_t) & (pos_t < start_t + gamma)
+    zero = torch.zeros((), dtype=S.dtype, device=S.device)
+    total_t = torch.where(inside_t, S, zero).sum(dim=0, dtype=torch.float64)
+    return (total_t / gamma).to(S.dtype)
+
+
+def _resolve_beta(m: int, f: int, beta: int | None) -> int:
+    if beta is None:
+        return f
+    try:
+        return operator.index(beta)
+    except TypeError:
+        raise ValueError(
+            f"trimmed-mean: beta must be an integer, got m={m}, f={f}, beta={beta!r}"
+        ) from None
+
+
+def check_trimmed_mean(m: int, f: int, beta: int | None = None) -> int:
+    """Preconditions of trimmed mean without data: ``0 <= beta``, ``2 beta < m``.
+
+    ``beta`` defaults to ``f``. Returns the resolved ``beta``.
+    """
+    m, f = check_count("trimmed-mean", m, f)
+    b = _resolve_beta(m, f, beta)
+    if b < 0 or 2 * b >= m:
+        raise ValueError(
+            f"trimmed-mean: needs 0 <= beta and 2*beta < m, got m={m}, f={f}, beta={b}"
+            + ("" if beta is not None else " (beta defaults to f)")
+        )
+    return b
+
+
+def check_median(m: int, f: int) -> None:
+    """Preconditions of median without data: ``m >= 1``, ``f >= 0``."""
+    check_count("median", m, f)
+
+
+def trimmed_mean(W: Tensor, f: int, beta: int | None = None) -> Tensor:
+    """Coordinate-wise trimmed mean (paper Section 2.2, Yin et al. [66]).
+
+    Per coordinate, drop the ``beta`` largest and ``beta`` smallest values (``beta``
+    defaults to ``f``) and average the remaining ``m - 2 beta``. Output finite and inside
+    the benign range whenever at most ``beta`` rows are hostile (NaN, +-Inf, huge values).
+    """
+    m, f = check_matrix(W, "trimmed-mean", f)
+    b = check_trimmed_mean(m, f, beta)
+    return trimmed_mean_sorted(sort_workers(W), b)
+
+
+def median(W: Tensor, f: int) -> Tensor:
+    """Coordinate-wise median (paper Section 2.2, Yin et al. [66]).
+
+    An even count gives the mean of the two middle values. ``f`` is only checked. Output
+    finite whenever fewer than ``m / 2`` rows are hostile.
+    """
+    check_matrix(W, "median", f)
+    return median_sorted(sort_workers(W))
