@@ -93,6 +93,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fedpoison.demo import main as demo
+
+    return demo()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedpoison", description=__doc__.split("\n\n")[0])
     from fedpoison import __version__
@@ -105,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--json", action="store_true", help="print one JSON object")
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p_run.set_defaults(func=_cmd_run)
+
+    p_demo = sub.add_parser("demo", help="the main job on an embedded default dataset")
+    p_demo.set_defaults(func=_cmd_demo)
 
     from fedpoison.experiments.cli import add_commands
 

@@ -70,6 +70,9 @@ class Task:
         self.device = torch.device(device)
         x = dataset.x_train if x_train is None else x_train
         self.x_train = x.to(self.device)
+        # Flat, contiguous rows so that gathering a batch is one index_select.
+        self._x_rows = self.x_train.reshape(self.x_train.shape[0], -1).contiguous()
+        self._input_shape = tuple(self.x_train.shape[1:])
         self.x_test = dataset.x_test.to(self.device)
         self.y_test = dataset.y_test.to(self.device)
 
@@ -96,7 +99,7 @@ class Task:
         for r in range(rounds):
             idx, mask = sample_batches(self.partition, workers, self.batch_size, generator)
             idx, mask = idx.to(self.device), mask.to(self.device)
-            x = self.x_train[idx]
+            x = self._x_rows.index_select(0, idx.view(-1)).view(*idx.shape, *self._input_shape)
             y = labels[idx]
             W.sub_(self.model.batched_grad(W, x, y, mask, shared=(r == 0)), alpha=self.lr)
         return W
