@@ -154,14 +154,21 @@ class RunConfig:
 
     def _check_rule(self) -> None:
         from fedpoison.aggregators import check_aggregator
+        from fedpoison.defenses.rejection import check_defense
 
         options = {"beta": self.beta} if self.rule == "trimmed-mean" else {}
-        # A defense drops f models first; the rule then aggregates the rest (Section 5).
-        n = self.per_iteration - (self.f if self.defense != "none" else 0)
+        k = self.per_iteration
         try:
-            check_aggregator(self.rule, n, self.f, **options)
+            check_aggregator(self.rule, k, self.f, **options)
         except ValueError as e:
             raise ConfigError("rule", str(e)) from None
+        if self.defense != "none":
+            # A defense aggregates every k − 1 models and the models left after dropping
+            # (Section 5), so the rule must accept those counts too.
+            try:
+                check_defense(self.defense, self.rule, k, self.f, self.beta)
+            except ValueError as e:
+                raise ConfigError("defense", str(e)) from None
 
     # ----------------------------------------------------------------- identity
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,140 @@
+"""Time one defense step (paper Section 5) at the paper's scale: LR-MNIST, k = 100, f = 20.
+
+    PYTHONPATH=src python benchmarks/bench_defenses.py [--repeats N] [--threads T] [--cnn]
+
+One step = A = rule(all k models) and B_i = rule(all but i) for every i, then the error
+rates and cross-entropies of the k + 1 models on 100 validation examples, then the f (or
+2f) largest impacts. Per rule it times
+
+* ``batched``: ``rejection.impacts`` + ``most_harmful`` (what ``lfr``/``union`` run: one
+  ``with_and_without`` and ONE ``Task.evaluate_many`` of k + 1 models);
+* ``plain loop``: k + 1 independent rule calls and k + 1 one-model evaluations;
+* the leave-one-out aggregation alone, batched vs the loop;
+
+and prints medians (ms) and the loop / batched ratio. Inputs are synthetic with MNIST's
+shapes (784 features, 10 classes): timings do not depend on the values. Bulyan's defense
+is rejected at k = 100, f = 20 (80 models left < 4f + 3); its impacts are still timed.
+``--cnn`` adds the leave-one-out aggregation alone at d = 270k (the CNN's size), no model.
+On a machine shared with other jobs torch's thread pool suffers (see bench_aggregators.py):
+check the load average in the header, or compare with ``--threads 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from fedpoison.aggregators import get_aggregator
+from fedpoison.data.base import Dataset
+from fedpoison.data.partition import Partition
+from fedpoison.defenses import DefenseContext, impacts
+from fedpoison.defenses.leave_one_out import leave_one_out_loop, with_and_without
+from fedpoison.defenses.rejection import most_harmful
+from fedpoison.models.lr import LogisticRegression
+from fedpoison.tasks import Task
+
+K, F, N_VAL = 100, 20, 100
+RULES = ("mean", "krum", "trimmed-mean", "median", "bulyan")
+
+
+def timings_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = np.empty(repeats)
+    for i in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out[i] = (time.perf_counter() - start) * 1e3
+    return out
+
+
+def lr_mnist() -> tuple[Task, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Task with MNIST's shapes, 100 validation examples and k local models."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(N_VAL, 1, 28, 28, generator=g)
+    y = torch.randint(10, (N_VAL,), generator=g)
+    model = LogisticRegression(784, 10)
+    part = Partition.from_owner(torch.zeros(N_VAL, dtype=torch.int64), 1)
+    task = Task(Dataset("mnist-shaped", x, y, x, y, 10), model, part, lr=0.01, batch_size=32)
+    W = 0.01 * torch.randn(K, model.dim, generator=g)
+    return task, x, y, W
+
+
+def plain_step(rule: str, W: torch.Tensor, evaluate: Callable, f: int) -> object:
+    """The naive defense step: k + 1 rule calls, k + 1 one-model evaluations."""
+    aggregate = get_aggregator(rule, **({"beta": f} if rule == "trimmed-mean" else {}))
+    A = aggregate(W, f)
+    keep = torch.ones(W.shape[0], dtype=torch.bool)
+    e_a, l_a = evaluate(A[None])
+    error_impact = torch.empty(W.shape[0], dtype=torch.float64)
+    loss_impact = torch.empty(W.shape[0], dtype=torch.float64)
+    for i in range(W.shape[0]):
+        keep[i] = False
+        e_b, l_b = evaluate(aggregate(W[keep], f)[None])
+        keep[i] = True
+        error_impact[i] = float(e_a[0] - e_b[0])
+        loss_impact[i] = float(l_a[0] - l_b[0])
+    return most_harmful(error_impact, f), most_harmful(loss_impact, f)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timings of each batched case")
+    parser.add_argument("--loop-repeats", type=int, default=3, help="timings of each loop")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rules")
+    parser.add_argument("--cnn", action="store_true", help="also leave-one-out at d = 270k")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rules = args.rules.split(",")
+
+    task, x, y, W = lr_mnist()
+
+    def evaluate(models: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return task.evaluate_many(models, x, y)
+
+    print(
+        f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads,"
+        f" {platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f};"
+        f" LR-MNIST k={K}, d={W.shape[1]}, f={F}, {N_VAL} validation examples; medians in ms"
+    )
+    print("| rule | step batched | step plain loop | ratio | LOO batched | LOO loop | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for rule in rules:
+        ctx = DefenseContext(W=W, f=F, rule=rule, beta=F, evaluate=evaluate)
+
+        def batched(ctx: DefenseContext = ctx) -> object:
+            error, loss = impacts(ctx)
+            return most_harmful(error, F), most_harmful(loss, F)
+
+        step_b = np.median(timings_ms(batched, args.repeats))
+        step_l = np.median(timings_ms(lambda r=rule: plain_step(r, W, evaluate, F),
+                                      args.loop_repeats, warmup=0))
+        loo_b = np.median(timings_ms(lambda r=rule: with_and_without(r, W, F, F), args.repeats))
+        loo_l = np.median(timings_ms(lambda r=rule: leave_one_out_loop(r, W, F, F),
+                                     args.loop_repeats, warmup=0))
+        print(f"| {rule} | {step_b:.1f} | {step_l:.1f} | {step_l / step_b:.1f}x | {loo_b:.1f} |"
+              f" {loo_l:.1f} | {loo_l / loo_b:.1f}x |", flush=True)
+    if args.cnn:
+        Wc = 0.01 * torch.randn(K, 270_000, generator=torch.Generator().manual_seed(1))
+        print(f"\nleave-one-out alone, k={K}, d=270000 (CNN size), f={F}; medians in ms")
+        print("| rule | LOO batched | LOO loop | ratio |")
+        print("|---|---:|---:|---:|")
+        for rule in rules:
+            if rule == "bulyan":
+                continue
+            loo_b = np.median(timings_ms(lambda r=rule: with_and_without(r, Wc, F, F), 3))
+            loo_l = np.median(timings_ms(lambda r=rule: leave_one_out_loop(r, Wc, F, F), 1,
+                                         warmup=0))
+            print(f"| {rule} | {loo_b:.0f} | {loo_l:.0f} | {loo_l / loo_b:.1f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
