@@ -30,6 +30,11 @@ DEFAULT_LR: dict[tuple[str, str], float] = {
     ("fashion-mnist", "lr"): 0.1,
     ("breast-cancer", "lr"): 0.1,
     ("ch-mnist", "lr"): 0.1,
+    ("mnist", "cnn"): 0.1,
+    ("fashion-mnist", "cnn"): 0.1,
+    ("ch-mnist", "cnn"): 0.1,
+    ("ch-mnist", "resnet20"): 0.1,
+    ("breast-cancer", "mlp"): 0.1,
 }
 DEFAULT_BATCH: dict[str, int] = {"fashion-mnist": 64}
 DEFAULT_ITERATIONS: dict[str, int] = {"lr": 500}  # DNNs: 2000 (Section 4.1)
@@ -184,8 +189,15 @@ class RunConfig:
         return cls(**d)
 
     def config_hash(self) -> str:
-        """SHA-256 (hex, 16 chars) of the resolved config: the key of a run's result."""
-        blob = json.dumps(self.resolved().to_dict(), sort_keys=True, separators=(",", ":"))
+        """SHA-256 (hex, 16 chars) of the resolved config and the code: a run's key.
+
+        The package's source fingerprint is included, so results of different code never
+        share a key (a store recomputes after the code changes instead of reusing them).
+        """
+        from fedpoison.provenance import code_fingerprint
+
+        payload = {"config": self.resolved().to_dict(), "code": code_fingerprint()}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

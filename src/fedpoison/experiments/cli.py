@@ -1,16 +1,130 @@
-"""Sub-commands for experiments (``reproduce``, later ``sweep`` and ``report``)."""
+"""Sub-commands for experiments: ``reproduce``, ``sweep`` and ``report``.
+
+    fedpoison sweep spec.yaml --store results/runs.sqlite [--executor ray]
+    fedpoison report results/runs.sqlite --table table2a --figure figure2-quick
+    fedpoison report results/runs.sqlite --export runs.parquet
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
+
+from fedpoison.errors import ConfigError
 
 
 def add_commands(sub: Any) -> None:
     """Register the experiment sub-commands on the top-level parser."""
-    from fedpoison.experiments.presets import add_reproduce_command
+    from fedpoison.experiments.presets import (
+        add_executor_options,
+        add_reproduce_command,
+        add_spec_options,
+    )
 
     add_reproduce_command(sub)
 
+    p = sub.add_parser("sweep", help="run every config of a sweep spec into the results store")
+    p.add_argument("spec", help="a sweep spec YAML file, or the name of a shipped preset")
+    add_spec_options(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and count the runs (planned, stored, to run); run nothing")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_executor_options(p)
+    p.set_defaults(func=_cmd_sweep)
 
-__all__ = ["add_commands", "argparse"]
+    p = sub.add_parser("report", help="tables (Markdown/CSV) and PNG plots from a results store")
+    p.add_argument("store", help="the results store (SQLite file)")
+    p.add_argument("--table", action="append", default=[], metavar="SPEC",
+                   help="a sweep recorded in the store, a preset name or a spec file "
+                        "(repeatable); default: every recorded sweep")
+    p.add_argument("--figure", action="append", default=[], metavar="SPEC",
+                   help="plot it as PNGs (same names as --table; repeatable)")
+    p.add_argument("--export", action="append", default=[], metavar="FILE",
+                   help="write every stored run to FILE.csv or FILE.parquet (repeatable)")
+    add_spec_options(p)
+    p.add_argument("--out", default=str(Path("results") / "report"),
+                   help="folder for tables and PNGs (default results/report)")
+    p.add_argument("--json", action="store_true", help="print the points as JSON")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from fedpoison.experiments.presets import executor_from_args, report_failures
+    from fedpoison.experiments.spec import load_spec
+    from fedpoison.experiments.store import ResultStore
+    from fedpoison.experiments.sweep import plan_jobs, run_sweep
+
+    spec = load_spec(args.spec).effective(trials=args.trials, quick=args.quick,
+                                          variant=args.variant)
+    points = len(spec.points())
+    spec.plan()  # every run validated before the store is opened or anything runs
+    if args.dry_run:
+        with ResultStore(args.store) as store:
+            jobs, planned, stored = plan_jobs(spec, store)
+        print(f"{spec.record_name}: {points} points × {spec.trials} trial(s) → {planned} "
+              f"distinct runs; {stored} stored in {args.store}, {len(jobs)} to run")
+        return 0
+    executor = executor_from_args(args)
+    with ResultStore(args.store) as store:
+        try:
+            outcome = run_sweep(spec, store, executor, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"interrupted; {len(store)} runs in {args.store}. Run the same command "
+                  "again to resume.", file=sys.stderr)
+            raise
+    print(outcome.summary() + f" [{executor.name}]; store: {args.store}")
+    print(f"report: fedpoison report {args.store} --table {spec.record_name}")
+    if outcome.failed:
+        report_failures(outcome.failed)
+        return 1
+    return 0
+
+
+def _resolve(name: str, store: Any, args: argparse.Namespace) -> Any:
+    """A sweep recorded in the store under ``name``, else a preset or spec file."""
+    from fedpoison.experiments.spec import load_spec, parse_spec
+
+    for rec in store.sweeps():
+        if rec["name"] == name:
+            o = rec["options"]
+            return parse_spec(rec["spec"], f"recorded in {store.path}").effective(
+                trials=o.get("trials"), quick=bool(o.get("quick")), variant=o.get("variant"))
+    return load_spec(name).effective(trials=args.trials, quick=args.quick,
+                                     variant=args.variant)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fedpoison.experiments.presets import note_for, write_outputs
+    from fedpoison.experiments.store import ResultStore
+    from fedpoison.report.tables import collect, format_markdown
+
+    out = Path(args.out)
+    with ResultStore(args.store, create=False) as store:
+        for path in args.export:
+            n = store.export(path)
+            print(f"exported {n} runs to {path}", file=sys.stderr)
+        wanted = [(n, False) for n in args.table] + [(n, True) for n in args.figure]
+        if not wanted and not args.export:
+            recorded = store.sweeps()
+            if not recorded:
+                raise ConfigError("table", f"{args.store} records no sweep ({len(store)} runs);"
+                                           " name a preset or spec with --table")
+            wanted = [(r["name"], r["spec"].get("kind") == "figure" or "panels" in r["spec"])
+                      for r in recorded]
+        specs = [(_resolve(name, store, args), plot) for name, plot in wanted]
+        results = [(spec, collect(spec, store), plot) for spec, plot in specs]
+    dump = []
+    for spec, stats, plot in results:
+        note = note_for(spec)
+        written = write_outputs(spec, stats, out, note, plot=plot)
+        if args.json:
+            dump.append({"name": spec.record_name, "points": [s.to_json() for s in stats]})
+        else:
+            print(format_markdown(spec, stats, note))
+        print(f"written: {', '.join(str(p) for p in written)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(dump))
+    return 0

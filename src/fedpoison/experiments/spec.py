@@ -1,0 +1,478 @@
+"""Sweep specs: a base config, axes of values, and a number of trials, validated up front.
+
+One YAML format covers three kinds of spec (``kind`` is inferred when absent):
+
+``sweep``
+    ``base`` (config fields) and ``grid`` (axis name → values). An axis is a list of values of
+    the config field it names (``compromised: [5, 10, 20]``), a list whose items are mappings
+    of several fields set together (``size: [{workers: 50, compromised: 10}, ...]``), or a
+    mapping label → fields (``series: {none: {attack: none}, partial: {...}}``). The sweep is
+    the product of its axes.
+``table``
+    The paper-table presets: ``rows`` and ``columns`` (label → fields), ``row_key`` and
+    ``column_key`` naming them, ``paper`` values per cell. ``{row}`` in a column's value is the
+    row's label.
+``figure``
+    ``panels`` (panel id → ``title``, ``set`` fields, ``x`` axis and optionally its own
+    ``series``), top-level ``series`` (the lines of every panel) and optional ``variants``
+    (name → fields, the first is the default: e.g. ``lr`` and ``dnn``).
+
+Common keys: ``name``, ``title``, ``metric`` (``final_error``, ``best_error`` or
+``final_loss``), ``trials`` (trial t runs with seed t), ``quick`` (overrides for a reduced run,
+may hold ``trials``). A string value may name another field or axis in braces: ``attack:
+"{rule}"`` is the attack crafted for the point's rule.
+
+Every run of a spec is validated before any starts: an unknown field, a bad value or an
+impossible combination raises one :class:`ConfigError` that names the entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedpoison.config import RunConfig
+from fedpoison.errors import ConfigError
+
+KINDS = ("sweep", "table", "figure")
+METRICS = ("final_error", "best_error", "final_loss")
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+SPEC_KEYS = (
+    "name", "title", "kind", "description", "metric", "trials", "quick", "base", "grid",
+    "rows", "columns", "row_key", "column_key", "paper", "series", "panels", "variants",
+)
+PANEL_KEYS = ("title", "set", "x", "series")
+X_KEYS = ("field", "values", "title", "scale")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_-]*)\}")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One value of an axis: its label, its plot coordinate and the fields it sets."""
+
+    label: str
+    x: Any
+    overrides: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A named list of items; a block runs the product of its axes."""
+
+    name: str
+    items: tuple[Item, ...]
+    title: str = ""
+    scale: str = "linear"
+
+
+@dataclass(frozen=True)
+class Block:
+    """A grid: the product of ``axes`` over the base config plus ``overrides``.
+
+    A sweep or table has one block (id ``""``); a figure has one per panel.
+    """
+
+    id: str
+    title: str
+    overrides: Mapping[str, Any]
+    axes: tuple[Axis, ...]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point of a block: the labels it has on each axis and its config (no seed)."""
+
+    block: str
+    labels: tuple[tuple[str, str], ...]
+    x: tuple[tuple[str, Any], ...]
+    config: Mapping[str, Any]
+
+    def label(self, axis: str) -> str:
+        return dict(self.labels)[axis]
+
+    def coordinate(self, axis: str) -> Any:
+        return dict(self.x)[axis]
+
+    def describe(self) -> str:
+        parts = [f"panel {self.block}"] if self.block else []
+        parts += [f"{a}={v}" for a, v in self.labels]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the plan: point ``point`` (index into ``points()``), trial, config, key."""
+
+    point: int
+    trial: int
+    config: RunConfig
+    key: str
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed spec. ``effective()`` folds ``--quick``, ``--trials`` and a variant in."""
+
+    name: str
+    title: str
+    kind: str
+    metric: str
+    trials: int
+    base: Mapping[str, Any]
+    blocks: tuple[Block, ...]
+    quick: Mapping[str, Any] = field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    paper: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    source: str = ""
+    raw: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    declared_base: Mapping[str, Any] | None = None  # ``base`` as written, before effective()
+
+    # ------------------------------------------------------------------ options
+    @property
+    def record_name(self) -> str:
+        """The name this spec is recorded under in a store (variant and ``-quick`` added)."""
+        name = self.name
+        variant = self.options.get("variant")
+        if variant and self.variants and variant != next(iter(self.variants)):
+            name += f"-{variant}"
+        return name + ("-quick" if self.options.get("quick") else "")
+
+    def effective(
+        self, *, trials: int | None = None, quick: bool = False, variant: str | None = None
+    ) -> SweepSpec:
+        """The spec as it will run: quick overrides and the variant merged into ``base``.
+
+        Always starts from the spec as written, so it may be called on its own result.
+        """
+        declared = self.base if self.declared_base is None else self.declared_base
+        base = dict(declared)
+        if variant is not None and variant not in self.variants:
+            allowed = ", ".join(self.variants) or "none (this spec has no variants)"
+            raise ConfigError("variant", f"unknown variant {variant!r} of {self.name}; "
+                                         f"allowed: {allowed}")
+        chosen = variant if variant is not None else next(iter(self.variants), None)
+        if chosen is not None:
+            base.update(self.variants[chosen])
+        n = int(self.raw.get("trials", self.trials)) if self.raw else self.trials
+        if quick:
+            base.update({k: v for k, v in self.quick.items() if k != "trials"})
+            n = int(self.quick.get("trials", n))
+        if trials is not None:
+            n = trials
+        _check_trials(n, self._where("trials"))
+        options = {"trials": n, "quick": quick, "variant": chosen}
+        title = str(self.raw.get("title", self.name)) if self.raw else self.title
+        if chosen is not None and chosen != next(iter(self.variants)):
+            title += f" [{chosen}]"
+        return dataclasses.replace(self, base=base, trials=n, options=options,
+                                   declared_base=declared, title=title)
+
+    def quick_note(self) -> str:
+        """'iterations=100, ...': what ``--quick`` changed, for labelling reduced runs."""
+        return ", ".join(f"{k}={v}" for k, v in self.quick.items() if k != "trials")
+
+    # ---------------------------------------------------------------- expansion
+    def points(self) -> list[Point]:
+        """Every grid point of every block, in order (placeholders filled in)."""
+        out = []
+        for block in self.blocks:
+            for combo in itertools.product(*(axis.items for axis in block.axes)):
+                labels = tuple((a.name, it.label) for a, it in zip(block.axes, combo, strict=True))
+                xs = tuple((a.name, it.x) for a, it in zip(block.axes, combo, strict=True))
+                cfg: dict[str, Any] = {**self.base, **block.overrides}
+                for it in combo:
+                    cfg.update(it.overrides)
+                point = Point(block.id, labels, xs, cfg)
+                out.append(dataclasses.replace(point, config=self._fill(cfg, point)))
+        return out
+
+    def plan(self) -> list[PlannedRun]:
+        """Every (point, trial) run, each validated; ConfigError names the first bad entry.
+
+        Runs are ordered trial-major (all points of trial 0 first), so that a partial sweep
+        already covers every point.
+        """
+        points = self.points()
+        out: list[PlannedRun] = []
+        bad: list[tuple[Point, int, ConfigError]] = []
+        for trial in range(self.trials):
+            for i, point in enumerate(points):
+                try:
+                    cfg = RunConfig.from_dict({**point.config, "seed": trial})
+                    key = cfg.config_hash()  # resolves, which validates every field
+                except ConfigError as e:
+                    bad.append((point, trial, e))
+                    continue
+                except TypeError as e:  # e.g. a list where a scalar belongs
+                    bad.append((point, trial, ConfigError("config", str(e))))
+                    continue
+                out.append(PlannedRun(i, trial, cfg, key))
+            if bad:
+                break
+        if bad:
+            point, trial, e = bad[0]
+            more = f"; {len(bad) - 1} more invalid entries" if len(bad) > 1 else ""
+            raise ConfigError(
+                e.field, f"{e.message} ({self._where()} entry {point.describe()}, "
+                         f"trial {trial}{more})"
+            )
+        return out
+
+    def _fill(self, cfg: dict[str, Any], point: Point) -> dict[str, Any]:
+        """Replace ``{name}`` in string values by the point's axis label or field value."""
+        labels = dict(point.labels)
+        out = dict(cfg)
+        for k, v in cfg.items():
+            if not isinstance(v, str) or "{" not in v:
+                continue
+
+            def sub(m: re.Match[str], k: str = k, v: str = v) -> str:
+                name = m.group(1)
+                if name in labels:
+                    return labels[name]
+                value = cfg.get(name)
+                if name != k and value is not None and "{" not in str(value):
+                    return str(value)
+                raise ConfigError(k, f"placeholder {{{name}}} in {v!r} names no axis or set "
+                                     f"field ({self._where()} entry {point.describe()})")
+
+            out[k] = _PLACEHOLDER.sub(sub, v)
+        return out
+
+    def _where(self, key: str = "") -> str:
+        src = f"sweep {self.name!r}" + (f" ({self.source})" if self.source else "")
+        return src + (f", key {key!r}" if key else ",")
+
+    # --------------------------------------------------------------- structure
+    @property
+    def row_axis(self) -> str:
+        return self.blocks[0].axes[0].name
+
+    @property
+    def column_axis(self) -> str | None:
+        axes = self.blocks[0].axes
+        return axes[1].name if len(axes) > 1 else None
+
+
+# ====================================================================== parsing
+def parse_spec(spec: Any, source: str = "") -> SweepSpec:
+    """Parse a spec mapping (from YAML); ConfigError names the offending entry."""
+    where = f"sweep spec{f' {source}' if source else ''}"
+    if not isinstance(spec, Mapping):
+        raise ConfigError("spec", f"{where}: must be a mapping, got {type(spec).__name__}")
+    unknown = [k for k in spec if k not in SPEC_KEYS]
+    if unknown:
+        raise ConfigError("spec", f"{where}: unknown key {unknown[0]!r}; allowed: "
+                                  f"{', '.join(SPEC_KEYS)}")
+    name = str(spec.get("name") or (Path(source).stem if source else "sweep"))
+    where = f"sweep {name!r}" + (f" ({source})" if source else "")
+    kind = spec.get("kind") or (
+        "figure" if "panels" in spec else "table" if "rows" in spec else "sweep"
+    )
+    if kind not in KINDS:
+        raise ConfigError("kind", f"{where}: got {kind!r}; allowed: {', '.join(KINDS)}")
+    metric = spec.get("metric", "final_error")
+    if metric not in METRICS:
+        raise ConfigError("metric", f"{where}: got {metric!r}; allowed: {', '.join(METRICS)}")
+    trials = spec.get("trials", 1)
+    _check_trials(trials, f"{where}, key 'trials'")
+    base = _fields(spec.get("base") or {}, f"{where}, base")
+    quick = spec.get("quick") or {}
+    _fields({k: v for k, v in _mapping(quick, f"{where}, quick").items() if k != "trials"},
+            f"{where}, quick")
+    if "trials" in quick:
+        _check_trials(quick["trials"], f"{where}, quick.trials")
+    variants = {
+        str(k): _fields(v or {}, f"{where}, variant {k!r}")
+        for k, v in _mapping(spec.get("variants") or {}, f"{where}, variants").items()
+    }
+    paper: dict[str, dict[str, float]] = {}
+    if kind == "sweep":
+        for key in ("rows", "columns", "panels", "series"):
+            if key in spec:
+                raise ConfigError("spec", f"{where}: key {key!r} belongs to a "
+                                          f"{'figure' if key in ('panels', 'series') else 'table'}"
+                                          " spec, not a sweep")
+        grid = _mapping(spec.get("grid") or {}, f"{where}, grid")
+        axes = tuple(_axis(str(k), v, f"{where}, grid axis {k!r}") for k, v in grid.items())
+        blocks = (Block("", "", {}, axes),)
+        paper = _paper(spec.get("paper"), where)
+    elif kind == "table":
+        for key in ("rows", "columns"):
+            if key not in spec:
+                raise ConfigError("spec", f"{where}: a table needs {key!r}")
+        row_key = str(spec.get("row_key", "rule"))
+        column_key = str(spec.get("column_key", "attack"))
+        if row_key == column_key:
+            raise ConfigError("column_key", f"{where}: must differ from row_key {row_key!r}")
+        rows = _labelled(spec["rows"], f"{where}, rows", {})
+        cols = _labelled(spec["columns"], f"{where}, columns", {"row": row_key})
+        blocks = (Block("", "", {}, (Axis(row_key, rows), Axis(column_key, cols))),)
+        paper = _paper(spec.get("paper"), where)
+    else:
+        series = spec.get("series")
+        panels = _mapping(spec.get("panels") or {}, f"{where}, panels")
+        if not panels:
+            raise ConfigError("panels", f"{where}: a figure needs at least one panel")
+        blocks = tuple(_panel(str(pid), p, series, where) for pid, p in panels.items())
+    return SweepSpec(
+        name=name, title=str(spec.get("title", name)), kind=kind, metric=metric, trials=trials,
+        base=base, blocks=blocks, quick=dict(quick), variants=variants, paper=paper,
+        source=source, raw=dict(spec),
+    )
+
+
+def _panel(pid: str, panel: Any, default_series: Any, where: str) -> Block:
+    here = f"{where}, panel {pid!r}"
+    panel = _mapping(panel, here)
+    unknown = [k for k in panel if k not in PANEL_KEYS]
+    if unknown:
+        raise ConfigError("panels", f"{here}: unknown key {unknown[0]!r}; allowed: "
+                                    f"{', '.join(PANEL_KEYS)}")
+    x = _mapping(panel.get("x"), f"{here}, x")
+    unknown = [k for k in x if k not in X_KEYS]
+    if unknown:
+        raise ConfigError("x", f"{here}, x: unknown key {unknown[0]!r}; allowed: "
+                               f"{', '.join(X_KEYS)}")
+    if "field" not in x or "values" not in x:
+        raise ConfigError("x", f"{here}, x: needs 'field' and 'values'")
+    xfield = str(x["field"])
+    if xfield not in CONFIG_FIELDS:
+        raise ConfigError(xfield, f"unknown config field ({here}, x.field)")
+    scale = x.get("scale", "linear")
+    if scale not in ("linear", "log"):
+        raise ConfigError("x", f"{here}, x.scale: got {scale!r}; allowed: linear, log")
+    x_axis = _axis(xfield, x["values"], f"{here}, x.values")
+    if any(xfield not in it.overrides for it in x_axis.items):
+        raise ConfigError(xfield, f"{here}, x.values: every mapping item must set {xfield!r}")
+    x_axis = dataclasses.replace(x_axis, title=str(x.get("title", xfield)), scale=scale)
+    series = panel.get("series", default_series)
+    if series is None:
+        raise ConfigError("series", f"{here}: needs 'series' (here or at the top level)")
+    s_axis = Axis("series", _labelled(series, f"{here}, series", {}))
+    overrides = _fields(panel.get("set") or {}, f"{here}, set")
+    return Block(pid, str(panel.get("title", pid)), overrides, (x_axis, s_axis))
+
+
+def _axis(name: str, values: Any, where: str) -> Axis:
+    if isinstance(values, Mapping):
+        return Axis(name, _labelled(values, where, {}))
+    if not isinstance(values, list) or not values:
+        raise ConfigError(name, f"{where}: must be a non-empty list or a mapping label → fields")
+    items = []
+    for v in values:
+        if isinstance(v, Mapping):
+            fields = _fields(v, f"{where}, item {dict(v)}")
+            x = fields.get(name, _compact(fields))
+            items.append(Item(str(x), x, fields))
+        else:
+            if name not in CONFIG_FIELDS:
+                raise ConfigError(name, f"unknown config field ({where}); an axis that is not "
+                                        "a field needs mapping items (field → value)")
+            items.append(Item(str(v), v, {name: v}))
+    _unique(items, where)
+    return Axis(name, tuple(items))
+
+
+def _labelled(values: Any, where: str, aliases: dict[str, str]) -> tuple[Item, ...]:
+    """label → fields mapping; ``{alias}`` placeholders are renamed (``{row}`` → ``{rule}``)."""
+    values = _mapping(values, where)
+    if not values:
+        raise ConfigError("spec", f"{where}: must not be empty")
+    items = []
+    for label, fields in values.items():
+        fields = dict(_fields(fields or {}, f"{where}, {label!r}"))
+        for k, v in fields.items():
+            if isinstance(v, str):
+                for alias, target in aliases.items():
+                    v = v.replace("{" + alias + "}", "{" + target + "}")
+                fields[k] = v
+        items.append(Item(str(label), str(label), fields))
+    return tuple(items)
+
+
+def _fields(d: Any, where: str) -> dict[str, Any]:
+    d = _mapping(d, where)
+    for k, v in d.items():
+        if k not in CONFIG_FIELDS:
+            raise ConfigError(str(k), f"unknown config field ({where}); known: "
+                                      f"{', '.join(sorted(CONFIG_FIELDS))}")
+        if k == "seed":
+            raise ConfigError("seed", f"set by the trial number, trial t runs with seed t "
+                                      f"({where}); use 'trials: N'")
+        if isinstance(v, list | dict):
+            raise ConfigError(str(k), f"must be a single value, got {v!r} ({where}); "
+                                      "put lists of values in the grid")
+    return dict(d)
+
+
+def _mapping(d: Any, where: str) -> dict[str, Any]:
+    if not isinstance(d, Mapping):
+        raise ConfigError("spec", f"{where}: must be a mapping, got {d!r}")
+    return dict(d)
+
+
+def _paper(paper: Any, where: str) -> dict[str, dict[str, float]]:
+    if paper is None:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for row, cols in _mapping(paper, f"{where}, paper").items():
+        out[str(row)] = {}
+        for col, v in _mapping(cols, f"{where}, paper.{row}").items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise ConfigError("paper", f"{where}, paper.{row}.{col}: must be a number")
+            out[str(row)][str(col)] = v
+    return out
+
+
+def _check_trials(n: Any, where: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError("trials", f"must be an integer >= 1, got {n!r} ({where})")
+
+
+def _compact(fields: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in fields.items())
+
+
+def _unique(items: Sequence[Item], where: str) -> None:
+    seen: set[str] = set()
+    for it in items:
+        if it.label in seen:
+            raise ConfigError("spec", f"{where}: value {it.label!r} appears twice")
+        seen.add(it.label)
+
+
+# ================================================================ shipped specs
+def spec_names() -> list[str]:
+    """Names of the specs shipped in ``fedpoison/presets`` (tables and figures)."""
+    files = resources.files("fedpoison.presets")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_spec(name_or_path: str | Path) -> SweepSpec:
+    """A shipped spec by name (``table2a``, ``figure2``) or a YAML file by path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if text in spec_names() and not path.is_file():
+        body = resources.files("fedpoison.presets").joinpath(f"{text}.yaml").read_text()
+        source = f"preset {text}"
+    elif path.is_file():
+        body = path.read_text()
+        source = str(path)
+    else:
+        raise ConfigError("spec", f"no spec file {text!r} and no preset of that name; presets: "
+                                  f"{', '.join(spec_names())}")
+    try:
+        data = yaml.safe_load(body)
+    except yaml.YAMLError as e:
+        raise ConfigError("spec", f"{source}: not valid YAML: {e}") from None
+    return parse_spec(data, source)

@@ -1,0 +1,99 @@
+"""The sweep driver: plan a spec, skip stored runs, execute the rest, store each as it ends.
+
+The driver is the only writer of the store. Each finished run is committed on arrival, so an
+interrupted sweep (Ctrl-C, ``kill -9``, power loss) resumes where it stopped when run again:
+runs that were stored are skipped, runs that were in flight are run again.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from fedpoison.experiments.executors import Executor, Job
+from fedpoison.experiments.spec import SweepSpec
+from fedpoison.experiments.store import ResultStore
+from fedpoison.experiments.worker import dataset_key
+
+
+@dataclass
+class SweepOutcome:
+    """What one invocation of a sweep did."""
+
+    name: str
+    planned: int  # distinct runs in the plan
+    skipped: int  # already in the store
+    stored: int = 0  # stored by this invocation
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error)
+    seconds: float = 0.0
+    store_seconds: list[float] = field(default_factory=list)  # per stored run
+    run_seconds: list[float] = field(default_factory=list)  # the runs' own time
+
+    @property
+    def complete(self) -> bool:
+        return self.skipped + self.stored == self.planned
+
+    def summary(self) -> str:
+        s = (f"{self.name}: {self.planned} runs planned, {self.skipped} already stored, "
+             f"{self.stored} run and stored in {self.seconds:.1f} s")
+        if self.failed:
+            s += f", {len(self.failed)} FAILED"
+        return s
+
+
+def plan_jobs(spec: SweepSpec, store: ResultStore) -> tuple[list[Job], int, int]:
+    """(jobs still to run, distinct runs planned, runs already stored); validates the spec."""
+    unique = {}
+    for planned in spec.plan():
+        unique.setdefault(planned.key, planned)
+    stored = store.keys()
+    jobs = [Job(k, p.config.to_dict()) for k, p in unique.items() if k not in stored]
+    jobs.sort(key=lambda j: dataset_key(j.config))  # stable: keeps trial-major order
+    return jobs, len(unique), len(unique) - len(jobs)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    store: ResultStore,
+    executor: Executor,
+    *,
+    progress: bool = True,
+    record: bool = True,
+) -> SweepOutcome:
+    """Run every planned run of ``spec`` (an ``effective()`` spec) not yet in ``store``."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    jobs, planned, skipped = plan_jobs(spec, store)
+    if record:
+        store.record_sweep(spec.record_name, dict(spec.raw), dict(spec.options), planned)
+    out = SweepOutcome(spec.record_name, planned, skipped)
+    if not jobs:
+        out.seconds = time.perf_counter() - t0
+        return out
+    bar = tqdm(total=len(jobs), desc=spec.record_name, unit="run", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    if skipped:
+        bar.set_postfix_str(f"{skipped} already stored", refresh=False)
+    try:
+        for outcome in executor.run(jobs):
+            if outcome.result is not None:
+                tic = time.perf_counter()
+                store.put(outcome.job.key, outcome.result, executor=executor.name)
+                out.store_seconds.append(time.perf_counter() - tic)
+                out.run_seconds.append(float(outcome.result.get("seconds", 0.0)))
+                out.stored += 1
+                value = outcome.result.get(spec.metric)
+                if isinstance(value, float):
+                    bar.set_postfix_str(f"last {spec.metric} {value:.3f}", refresh=False)
+            else:
+                out.failed.append((outcome.job.key, outcome.error or "unknown error"))
+                last = (outcome.error or "").strip().splitlines()[-1:] or ["?"]
+                bar.write(f"run {outcome.job.key} failed: {last[0]}", file=sys.stderr)
+            bar.update(1)
+    finally:
+        bar.close()
+        executor.close()
+        out.seconds = time.perf_counter() - t0
+    return out

@@ -1,0 +1,77 @@
+"""What an executor runs for one job: a config dict in, the run's result JSON out.
+
+Datasets are loaded once per process and kept in a small cache keyed by (name, split seed):
+MNIST and Fashion-MNIST have fixed train/test splits (``fedpoison.data.load`` ignores the
+seed for them), the other datasets are split by the run's seed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+from fedpoison.data import Dataset
+
+#: ``runner(config, dataset) -> result JSON`` (default :func:`execute`).
+Runner = Callable[[dict[str, Any], Dataset], dict[str, Any]]
+#: ``loader(name, split_seed) -> Dataset`` (default :func:`load_dataset`).
+Loader = Callable[[str, int], Dataset]
+
+FIXED_SPLIT = frozenset({"mnist", "fashion-mnist"})
+
+
+def dataset_key(config: Mapping[str, Any]) -> tuple[str, int]:
+    """(dataset, split seed): runs with the same key share one loaded dataset."""
+    name = str(config.get("dataset", "mnist"))
+    return name, 0 if name in FIXED_SPLIT else int(config.get("seed", 0))
+
+
+def load_dataset(name: str, seed: int) -> Dataset:
+    """The default loader: the data home, no download progress bar."""
+    from fedpoison.data import load
+
+    return load(name, seed=seed, progress=False)
+
+
+def execute(config: dict[str, Any], dataset: Dataset) -> dict[str, Any]:
+    """The default runner: simulate the run and return ``RunResult.to_json()``."""
+    from fedpoison.config import RunConfig
+    from fedpoison.simulation import run
+
+    return run(RunConfig.from_dict(config), dataset=dataset).to_json()
+
+
+class DatasetCache:
+    """The last ``size`` datasets loaded, by key (LRU)."""
+
+    def __init__(self, loader: Callable[[Any], Dataset], size: int = 2) -> None:
+        self._loader = loader
+        self._size = size
+        self._items: OrderedDict[Hashable, Dataset] = OrderedDict()
+
+    def get(self, key: Hashable, arg: Any) -> Dataset:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        ds = self._loader(arg)
+        self._items[key] = ds
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return ds
+
+
+def synthetic_result(config: Mapping[str, Any], error: float, seconds: float = 0.0
+                     ) -> dict[str, Any]:
+    """A result JSON for ``config`` without running it: for engine tests and benchmarks."""
+    from fedpoison import __version__
+    from fedpoison.config import RunConfig
+
+    cfg = RunConfig.from_dict(dict(config))
+    resolved = cfg.resolved()
+    return {
+        "final_error": error, "final_loss": error, "best_error": error,
+        "best_iteration": resolved.iterations, "curve": [[resolved.iterations, error]],
+        "loss_curve": [[resolved.iterations, error]], "seconds": seconds, "timings": {},
+        "config": resolved.to_dict(), "config_hash": cfg.config_hash(), "version": __version__,
+    }

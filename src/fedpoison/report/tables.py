@@ -1,0 +1,158 @@
+"""Tables from stored results: mean ± std over trials per grid point, beside the paper's value.
+
+A spec with one block of two axes (the paper's tables: rules × attacks) renders as a grid,
+each cell ``ours ± std (paper X)``; any other spec renders one line per point.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from fedpoison.experiments.spec import Point, SweepSpec
+from fedpoison.experiments.store import ResultStore
+
+
+@dataclass
+class PointStats:
+    """The stored values of one grid point's trials."""
+
+    point: Point
+    values: list[float]
+    expected: int
+    paper: float | None
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation over trials (0 for a single trial)."""
+        return statistics.pstdev(self.values) if len(self.values) > 1 else 0.0
+
+    @property
+    def missing(self) -> int:
+        return self.expected - len(self.values)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"panel": self.point.block} if self.point.block else {}
+        out.update({axis: x for axis, x in self.point.x})
+        out.update({
+            "ours_mean": None if not self.values else round(self.mean, 6),
+            "ours_std": round(self.std, 6),
+            "trials": len(self.values),
+            "paper": self.paper,
+            "values": self.values,
+        })
+        return out
+
+
+def collect(spec: SweepSpec, store: ResultStore) -> list[PointStats]:
+    """One PointStats per grid point of ``spec`` (effective), read from ``store``."""
+    points = spec.points()
+    plan = spec.plan()
+    metric = store.metrics((p.key for p in plan), spec.metric)
+    values: list[list[float]] = [[] for _ in points]
+    expected = [0] * len(points)
+    for p in plan:
+        expected[p.point] += 1
+        v = metric.get(p.key)
+        if v is not None:
+            values[p.point].append(float(v))
+    return [PointStats(pt, values[i], expected[i], _paper(spec, pt))
+            for i, pt in enumerate(points)]
+
+
+def _paper(spec: SweepSpec, point: Point) -> float | None:
+    if len(point.labels) != 2 or not spec.paper:
+        return None
+    (_, row), (_, col) = point.labels
+    value = spec.paper.get(row, {}).get(col)
+    return None if value is None else float(value)
+
+
+def is_grid(spec: SweepSpec) -> bool:
+    return len(spec.blocks) == 1 and len(spec.blocks[0].axes) == 2
+
+
+def _cell(s: PointStats) -> str:
+    paper = "–" if s.paper is None else f"{s.paper:.2f}"
+    if not s.values:
+        return f"– (paper {paper})"
+    partial = f" [{len(s.values)}/{s.expected}]" if s.missing else ""
+    return f"{s.mean:.3f} ± {s.std:.3f}{partial} (paper {paper})"
+
+
+def format_markdown(spec: SweepSpec, stats: list[PointStats], note: str = "") -> str:
+    """The table as Markdown (a grid for two-axis specs, else one line per point)."""
+    lines = [f"### {spec.title}", ""]
+    missing = sum(s.missing for s in stats)
+    if missing:
+        note = (note + " " if note else "") + (
+            f"{missing} run(s) not in the store yet; [n/N] marks cells with fewer trials.")
+    if note:
+        lines += [note, ""]
+    if is_grid(spec):
+        rows, cols = spec.blocks[0].axes
+        by = {s.point.labels: s for s in stats}
+        lines.append("| | " + " | ".join(it.label for it in cols.items) + " |")
+        lines.append("|---" * (len(cols.items) + 1) + "|")
+        for r in rows.items:
+            cells = [_cell(by[((rows.name, r.label), (cols.name, c.label))]) for c in cols.items]
+            lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    else:
+        head = _head(spec)
+        lines.append("| " + " | ".join([*head, f"{spec.metric} (mean ± std)"]) + " |")
+        lines.append("|---" * (len(head) + 1) + "|")
+        for s in stats:
+            lines.append("| " + " | ".join([*_labels(spec, s), _cell(s)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(spec: SweepSpec, stats: list[PointStats]) -> str:
+    """One CSV line per point: its labels, ours_mean, ours_std, trials, paper."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*_head(spec), "ours_mean", "ours_std", "trials", "paper"])
+    for s in stats:
+        w.writerow([*_labels(spec, s), "" if not s.values else f"{s.mean:.6f}", f"{s.std:.6f}",
+                    len(s.values), "" if s.paper is None else s.paper])
+    return buf.getvalue()
+
+
+def _positions(spec: SweepSpec) -> list[str | None]:
+    """Per axis position: its name if every block names it alike, else None."""
+    width = max(len(b.axes) for b in spec.blocks)
+    out: list[str | None] = []
+    for i in range(width):
+        names = {b.axes[i].name if i < len(b.axes) else None for b in spec.blocks}
+        out.append(names.pop() if len(names) == 1 else None)
+    return out
+
+
+def _has_panels(spec: SweepSpec) -> bool:
+    return len(spec.blocks) > 1 or bool(spec.blocks[0].id)
+
+
+def _head(spec: SweepSpec) -> list[str]:
+    """Column names: panel (figures), then one per axis position; a position whose axis
+    differs between panels (a figure's x) is called x, and its cells read field=value."""
+    cols = [name if name is not None else ("x" if i == 0 else f"axis{i + 1}")
+            for i, name in enumerate(_positions(spec))]
+    return (["panel"] if _has_panels(spec) else []) + cols
+
+
+def _labels(spec: SweepSpec, s: PointStats) -> list[str]:
+    cells = [s.point.block] if _has_panels(spec) else []
+    for i, name in enumerate(_positions(spec)):
+        if i >= len(s.point.labels):
+            cells.append("")
+        else:
+            axis, label = s.point.labels[i]
+            cells.append(label if name is not None else f"{axis}={label}")
+    return cells

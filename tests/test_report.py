@@ -1,0 +1,121 @@
+"""Reports: tables (Markdown/CSV, mean ± std, paper values) and PNG plots from a store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedpoison.cli import main
+from fedpoison.experiments.spec import SweepSpec, load_spec, parse_spec
+from fedpoison.experiments.store import ResultStore
+from fedpoison.experiments.sweep import plan_jobs
+from fedpoison.experiments.worker import synthetic_result
+from fedpoison.report import collect, format_csv, format_markdown, plot_spec
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fill(spec: SweepSpec, store: ResultStore, skip: int = 0) -> None:
+    """Store a synthetic result for every run of ``spec`` but the first ``skip``.
+
+    The error is 0.1 + 0.01·trial, plus 0.5 for a 'full' series/column.
+    """
+    jobs, _, _ = plan_jobs(spec, store)
+    by_key = {p.key: p for p in spec.plan()}
+    points = spec.points()
+    for job in jobs[skip:]:
+        planned = by_key[job.key]
+        labels = dict(points[planned.point].labels)
+        err = 0.1 + 0.01 * planned.trial + (0.5 if "full" in labels.values() else 0.0)
+        store.put(job.key, synthetic_result(job.config, err))
+
+
+def test_table_mean_std_and_paper(tmp_path: Path) -> None:
+    spec = load_spec("table2a").effective(quick=True, trials=3)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        fill(spec, store)
+        stats = collect(spec, store)
+    krum_full = next(s for s in stats
+                     if s.point.labels == (("rule", "krum"), ("attack", "full")))
+    assert krum_full.values == pytest.approx([0.6, 0.61, 0.62])
+    assert krum_full.mean == pytest.approx(0.61) and krum_full.paper == 0.80
+    assert krum_full.std == pytest.approx(0.008165, abs=1e-6)
+    md = format_markdown(spec, stats, "note")
+    assert "| krum | 0.110 ± 0.008 (paper 0.14) |" in md
+    assert "0.610 ± 0.008 (paper 0.80)" in md
+    lines = format_csv(spec, stats).splitlines()
+    assert lines[0] == "rule,attack,ours_mean,ours_std,trials,paper"
+    assert lines[5] == "krum,full,0.610000,0.008165,3,0.8"
+
+
+def test_missing_runs_are_marked(tmp_path: Path) -> None:
+    spec = load_spec("table2a").effective(quick=True, trials=2)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        fill(spec, store, skip=16)  # trial-major: all of trial 0 and the first trial-1 run
+        stats = collect(spec, store)
+    md = format_markdown(spec, stats)
+    assert "16 run(s) not in the store yet" in md
+    assert "– (paper 0.14)" in md and "[1/2]" in md
+
+
+def test_long_table_for_three_axes() -> None:
+    spec = parse_spec({"name": "three", "base": {"workers": 10, "compromised": 2},
+                       "grid": {"rule": ["mean", "median"], "noniid": [0.1, 0.5],
+                                "attack": ["none", "label-flip"]}}).effective()
+    from fedpoison.report.tables import PointStats
+
+    stats = [PointStats(p, [0.2], 1, None) for p in spec.points()]
+    md = format_markdown(spec, stats)
+    assert "| rule | noniid | attack | final_error (mean ± std) |" in md
+    assert "| median | 0.5 | label-flip | 0.200 ± 0.000 (paper –) |" in md
+
+
+def test_figure_pngs_from_store(tmp_path: Path) -> None:
+    spec = load_spec("figure5").effective(quick=True, trials=2)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        fill(spec, store)
+        stats = collect(spec, store)
+    paths = plot_spec(spec, stats, tmp_path / "png", note="REDUCED RUN")
+    assert [p.name for p in paths] == ["figure5-quick.png", "figure5-quicka.png",
+                                       "figure5-quickb.png", "figure5-quickc.png"]
+    for p in paths:
+        data = p.read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000
+    # the pinned no-attack run is one run shared by every x of panel (b)
+    none_b = [s for s in stats if s.point.block == "b" and s.point.label("series") == "none"]
+    assert len(none_b) == 6 and all(s.values == none_b[0].values for s in none_b)
+
+
+def test_cli_report_recorded_sweeps_and_exports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_path = tmp_path / "s.sqlite"
+    spec = load_spec("figure4").effective(quick=True)
+    with ResultStore(store_path) as store:
+        fill(spec, store)
+        store.record_sweep(spec.record_name, dict(spec.raw), dict(spec.options), 30)
+    out = tmp_path / "rep"
+    assert main(["report", str(store_path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Figure 4" in text and "REDUCED RUN" in text
+    assert (out / "figure4-quick.png").read_bytes().startswith(PNG)
+    assert (out / "figure4-quickb.png").exists() and (out / "figure4-quick.csv").exists()
+    assert main(["report", str(store_path), "--table", "figure4-quick", "--json",
+                 "--out", str(out), "--export", str(tmp_path / "runs.csv")]) == 0
+    dump = json.loads(capsys.readouterr().out)
+    assert dump[0]["name"] == "figure4-quick" and len(dump[0]["points"]) == 32
+    first = dump[0]["points"][0]
+    assert first["panel"] == "a" and first["local_rounds"] == 1 and first["series"] == "none"
+    assert (tmp_path / "runs.csv").read_text().count("\n") == 31  # header + 30 runs
+
+
+def test_cli_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "nope.sqlite")]) == 2
+    assert "--store: no results store" in capsys.readouterr().err
+    ResultStore(tmp_path / "empty.sqlite").close()
+    assert main(["report", str(tmp_path / "empty.sqlite")]) == 2
+    assert "records no sweep" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "empty.sqlite"), "--table", "table9z"]) == 2
+    assert "no preset of that name" in capsys.readouterr().err
