@@ -20,6 +20,7 @@ from fedpoison.errors import ConfigError
 
 KNOWLEDGE = ("full", "partial")
 GOALS = ("directed", "deviation")
+DIRECTIONS = ("mean", "rule")
 DEVICES = ("auto", "cpu", "cuda")
 PLACEMENTS = ("uniform", "single-worker")
 
@@ -32,9 +33,8 @@ DEFAULT_LR: dict[tuple[str, str], float] = {
     ("ch-mnist", "lr"): 0.1,
     ("mnist", "cnn"): 0.1,
     ("fashion-mnist", "cnn"): 0.1,
-    ("ch-mnist", "cnn"): 0.1,
     ("ch-mnist", "resnet20"): 0.1,
-    ("breast-cancer", "mlp"): 0.1,
+    ("breast-cancer", "mlp"): 1.0,
 }
 DEFAULT_BATCH: dict[str, int] = {"fashion-mnist": 64}
 DEFAULT_ITERATIONS: dict[str, int] = {"lr": 500}  # DNNs: 2000 (Section 4.1)
@@ -59,6 +59,7 @@ class RunConfig:
     attack: str = "none"
     knowledge: str = "full"
     goal: str = "directed"
+    direction: str = "mean"  # full knowledge: how s is estimated ("mean" or "rule")
     epsilon: float = 0.01
     b: float = 2.0
     f: int | None = None  # server's assumed number of compromised workers
@@ -123,6 +124,7 @@ class RunConfig:
         _choice("attack", self.attack, attack_names())
         _choice("knowledge", self.knowledge, KNOWLEDGE)
         _choice("goal", self.goal, GOALS)
+        _choice("direction", self.direction, DIRECTIONS)
         _choice("defense", self.defense, tuple(DEFENSES))
         _choice("device", self.device, DEVICES)
         _int_range("workers", self.workers, 1, None)
@@ -156,6 +158,13 @@ class RunConfig:
         _choice("poison_placement", self.poison_placement, PLACEMENTS)
         if self.attack != "none" and self.compromised == 0:
             raise ConfigError("compromised", f"attack {self.attack!r} needs compromised >= 1")
+        from fedpoison.attacks import MODEL_ATTACKS, check_model_attack
+
+        if self.attack in MODEL_ATTACKS:
+            try:
+                check_model_attack(self.attack, self.knowledge, self.goal)
+            except ValueError as e:
+                raise ConfigError("goal", str(e)) from None
 
     def _check_rule(self) -> None:
         from fedpoison.aggregators import check_aggregator

@@ -159,7 +159,8 @@ def run(
     aggregate = get_aggregator(cfg.rule, **({"beta": cfg.beta} if cfg.rule == "trimmed-mean"
                                            else {}))
     craft = MODEL_ATTACKS.get(cfg.attack)
-    options = AttackOptions(goal=cfg.goal, epsilon=cfg.epsilon, b=cfg.b)  # type: ignore[arg-type]
+    options = AttackOptions(goal=cfg.goal, epsilon=cfg.epsilon, b=cfg.b,  # type: ignore[arg-type]
+                            direction=cfg.direction)  # type: ignore[arg-type]
     schedule = poisoned_iterations(cfg.iterations, cfg.poison_fraction,
                                    generator(cfg.seed, "schedule"))
     g_train = generator(cfg.seed, "train")

@@ -21,6 +21,10 @@ class AttackOptions:
     epsilon: float = 0.01  # Krum attack: crafted copies lie within ε of w'₁
     b: float = 2.0  # trimmed-mean/median full-knowledge attack: interval factor, b > 1
     threshold: float = 1e-5  # Krum attack: smallest λ tried before giving up (Section 3.2)
+    # Full knowledge: estimate the before-attack change from the mean of all before-attack
+    # models ("mean", default; reproduces Table 2a) or from the assumed rule ("rule", the
+    # paper's literal definition of s). See docs/choices.md, "Direction s".
+    direction: Literal["mean", "rule"] = "mean"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,157 @@
+"""Gaussian baseline, the shared direction, the registry and input checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from fedpoison.aggregators import krum, median, trimmed_mean
+from fedpoison.attacks import MODEL_ATTACKS, AttackContext, AttackOptions, check_model_attack
+from fedpoison.attacks.direction import direction, partial_direction
+
+M, C, D = 40, 8, 300
+
+
+@dataclass(frozen=True)
+class Options(AttackOptions):
+    """AttackOptions plus the direction estimator ("mean" default, "rule")."""
+
+    direction: str = "mean"
+
+
+def models(seed: int, m: int = M, d: int = D) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w_re = torch.randn(d, generator=g)
+    W = w_re - 0.02 * torch.randn(d, generator=g) + 0.1 * torch.randn(m, d, generator=g)
+    return w_re, W
+
+
+def context(w_re: torch.Tensor, W: torch.Tensor, rule: str = "gaussian", *,
+            knowledge: str = "full", seed: int = 1, benign: torch.Tensor | None = None,
+            c: int = C, **options: object) -> AttackContext:
+    full = knowledge == "full"
+    return AttackContext(
+        compromised=W[:c],
+        benign=(W[c:] if benign is None else benign) if full or benign is not None else None,
+        w_re=w_re,
+        m=W.shape[0],
+        knowledge=knowledge,  # type: ignore[arg-type]
+        assumed_rule=rule,
+        f=c,
+        generator=torch.Generator().manual_seed(seed),
+        options=Options(**options),  # type: ignore[arg-type]
+    )
+
+
+def test_registry_names() -> None:
+    assert set(MODEL_ATTACKS) == {"gaussian", "krum", "trimmed-mean", "median"}
+
+
+def test_gaussian_matches_all_workers_statistics() -> None:
+    w_re, W = models(0, m=400, d=50)
+    c = 200  # many draws per coordinate to estimate the distribution
+    X = MODEL_ATTACKS["gaussian"](context(w_re, W, c=c))
+    mu, sd = W.double().mean(0), W.double().std(0)
+    z = (X.double().mean(0) - mu) / (sd / c**0.5)
+    assert float(z.abs().max()) < 5
+    ratio = X.double().std(0) / sd
+    assert float((ratio - 1).abs().max()) < 0.3
+    assert X.dtype == torch.float32 and X.shape == (c, 50)
+
+
+def test_gaussian_full_uses_benign_partial_does_not() -> None:
+    w_re, W = models(1)
+    full = MODEL_ATTACKS["gaussian"](context(w_re, W))
+    W2 = W.clone()
+    W2[C:] += 1.0
+    assert not torch.equal(full, MODEL_ATTACKS["gaussian"](context(w_re, W2)))
+    none = MODEL_ATTACKS["gaussian"](context(w_re, W, knowledge="partial"))
+    nan = MODEL_ATTACKS["gaussian"](
+        context(w_re, W, knowledge="partial", benign=torch.full((M - C, D), torch.nan)))
+    assert torch.equal(none, nan) and bool(torch.isfinite(none).all())
+    # partial: the compromised models' statistics
+    mu = W[:C].double().mean(0)
+    Z = torch.randn((C, D), generator=torch.Generator().manual_seed(1)).double()
+    torch.testing.assert_close(none.double(), mu + W[:C].double().std(0) * Z, rtol=0,
+                               atol=1e-6)
+
+
+def test_gaussian_seeded() -> None:
+    w_re, W = models(2)
+    a = MODEL_ATTACKS["gaussian"](context(w_re, W, seed=3))
+    b = MODEL_ATTACKS["gaussian"](context(w_re, W, seed=3))
+    c = MODEL_ATTACKS["gaussian"](context(w_re, W, seed=4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("rule", ["krum", "trimmed-mean", "median"])
+@pytest.mark.parametrize("estimator", ["mean", "rule"])
+def test_full_direction_is_sign_of_before_attack_change(rule: str, estimator: str) -> None:
+    w_re, W = models(3)
+    W[:, :2] = w_re[:2]  # no change -> 0
+    agg = {"krum": krum, "trimmed-mean": trimmed_mean, "median": median}[rule]
+    s = direction(context(w_re, W, rule, direction=estimator))
+    if estimator == "rule":
+        assert torch.equal(s, torch.sign(agg(W, C) - w_re))
+    else:
+        assert torch.equal(s, torch.sign(W.double().mean(0) - w_re.double()).float())
+        assert torch.equal(s, direction(context(w_re, W, rule)))  # the default
+    assert bool((s[:2] == 0).all())
+    # The compromised workers' before-attack models count: changing them changes w.
+    W2 = W.clone()
+    W2[:C, 2:] += 10.0
+    assert not torch.equal(s, direction(context(w_re, W2, rule, direction=estimator)))
+
+
+def test_partial_direction_is_sign_of_compromised_mean() -> None:
+    w_re, W = models(4)
+    ctx = context(w_re, W, "krum", knowledge="partial")
+    assert torch.equal(partial_direction(ctx), torch.sign(W[:C].double().mean(0) - w_re).float())
+    assert torch.equal(direction(ctx), partial_direction(ctx))
+
+
+@pytest.mark.parametrize("name", ["gaussian", "krum", "trimmed-mean", "median"])
+@pytest.mark.parametrize("knowledge", ["full", "partial"])
+def test_every_attack_returns_float32_c_by_d(name: str, knowledge: str) -> None:
+    w_re, W = models(5)
+    X = MODEL_ATTACKS[name](context(w_re, W.double(), name, knowledge=knowledge))
+    assert X.shape == (C, D) and X.dtype == torch.float32 and X.device == w_re.device
+    assert bool(torch.isfinite(X).all())
+
+
+@pytest.mark.parametrize("name", ["gaussian", "krum", "trimmed-mean", "median"])
+def test_bad_inputs_raise(name: str) -> None:
+    w_re, W = models(6)
+    with pytest.raises(ValueError, match="epsilon"):
+        MODEL_ATTACKS[name](context(w_re, W, name, epsilon=-1.0))
+    with pytest.raises(ValueError, match="w_re"):
+        MODEL_ATTACKS[name](context(w_re[:-1], W, name))
+    with pytest.raises(ValueError, match="knowledge"):
+        MODEL_ATTACKS[name](context(w_re, W, name, knowledge="some"))
+    ctx = context(w_re, W, name)
+    wrong_m = AttackContext(ctx.compromised, ctx.benign, w_re, M + 1, "full", name, C,
+                            ctx.generator)
+    with pytest.raises(ValueError, match="m must equal"):
+        MODEL_ATTACKS[name](wrong_m)
+
+
+def test_check_model_attack() -> None:
+    check_model_attack("krum", "partial", "deviation")
+    check_model_attack("median", "full", "deviation")
+    with pytest.raises(ValueError, match="deviation"):
+        check_model_attack("trimmed-mean", "partial", "deviation")
+    with pytest.raises(ValueError, match="unknown"):
+        check_model_attack("nope", "full", "directed")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["gaussian", "krum", "trimmed-mean", "median"])
+@pytest.mark.parametrize("knowledge", ["full", "partial"])
+def test_cuda_gives_the_cpu_models(name: str, knowledge: str) -> None:
+    w_re, W = models(7)
+    cpu = MODEL_ATTACKS[name](context(w_re, W, name, knowledge=knowledge))
+    gpu = MODEL_ATTACKS[name](context(w_re.cuda(), W.cuda(), name, knowledge=knowledge))
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
