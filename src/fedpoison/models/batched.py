@@ -1,0 +1,279 @@
+"""Building blocks for training k workers' networks in one computation, and the loop reference.
+
+Layouts (k workers, B examples each):
+
+* **stacked** image activations ``[B, k·C, H, W]``: row b holds example b of every worker,
+  worker i's channels are ``i·C … i·C + C − 1``. A convolution with per-worker weights is
+  then one grouped convolution (``groups=k``), max pooling and ReLU act per channel as usual,
+  and a per-worker BatchNorm is a BatchNorm over the k·C stacked channels.
+* **worker-major** feature activations ``[k, B, F]`` for fully connected layers: one batched
+  matrix product over workers.
+
+Why this and not ``torch.func.vmap`` over per-worker parameters: on CPU (oneDNN) a grouped
+convolution with k groups runs as fast as one convolution over all k·B examples with shared
+weights, while naive vmap of per-example convolutions is slower than a Python loop (issue 5,
+docs/choices_models.md). The exception is a convolution with one input channel per group
+(the first layer on grayscale images): oneDNN's grouped weight gradient is pathologically slow
+there, so that layer is an explicit im2col + batched matmul (:func:`conv_first`).
+
+The per-worker Python loop (:func:`reference_batched_grad`) is kept as the reference the tests
+compare the batched path against.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Activation memory one batched training pass may use (bytes, estimated per model). Workers are
+# processed in chunks when k·B examples would exceed it (e.g. ResNet20 on 64×64 inputs);
+# CNN-MNIST with m = 100, B = 32 fits in one chunk.
+MEMORY_BUDGET = 4 * 2**30
+# On CPU, models that support it train workers in blocks of about this many examples, so that
+# large first-layer activations (the CNN's conv1 output: 81 KB per MNIST example) stay in the
+# L3 cache. A handful of blocks (m = 100, B = 32: 7 blocks of ≤ 16 workers), each one batched
+# computation; measured ~25% faster than one block on our 2-core machines (bench_cnn.py).
+CPU_BLOCK_EXAMPLES = 512
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the OS (Linux only).
+
+    PyTorch's CPU allocator has no cache: every tensor above glibc's mmap threshold (≤ 32 MiB)
+    is a fresh ``mmap``, and its first touch costs one page fault per 4 KiB. A training pass of
+    the CNN on 100 workers allocates and frees several such tensors, and the page faults cost
+    about as much as the arithmetic of the memory-bound layers. Raising the mmap and trim
+    thresholds (``mallopt``) keeps that memory in the heap: resident memory stays at its peak
+    between iterations, and the faults are paid once. This is what PyTorch's performance guide
+    achieves by preloading jemalloc or tcmalloc. Process-wide; set ``FEDPOISON_NO_MALLOPT=1``
+    to skip. Returns whether it was applied.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("FEDPOISON_NO_MALLOPT"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+    return bool(ok and libc.mallopt(m_trim_threshold, 1 << 34) == 1)
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+CL = torch.channels_last
+
+
+def _as_worker_major(h: Tensor, k: int) -> Tensor:
+    """A channels-last stacked tensor [B, k·O, P, Q] (memory [B, P, Q, k, O]) viewed as
+    [k, B·P·Q, O] (strides O, k·O, 1): a BLAS operand with leading dimension k·O, no copy."""
+    kc = h.shape[1]
+    return h.permute(0, 2, 3, 1).reshape(-1, k, kc // k).transpose(0, 1)
+
+
+def conv_first(
+    x: Tensor, w: Tensor, b: Tensor | None = None, stride: int = 1, padding: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Per-worker convolution of each worker's own images: im2col + one bmm over workers.
+
+    x [k, B, C, H, W] (``x.expand(k, …)`` for k models on the same images), w [k, O, C, kh, kw],
+    b [k, O] or None -> (channels-last stacked output [B, k·O, H', W'], im2col columns
+    [k, T (+1), B·H'·W'] for :func:`conv_first_weight_grad`), T = C·kh·kw.
+
+    The columns are built from kh·kw strided slices (``F.unfold`` is slow for C = 1); a row of
+    ones carries the bias. The product [k, B·H'·W', T] @ [k, T, O] is written straight into
+    the channels-last output (leading dimension k·O, no copy). Used for the first layer, whose
+    input gradient is never needed and where oneDNN's grouped weight gradient with one input
+    channel per group is pathologically slow.
+    """
+    k, B, C, H, W_ = x.shape
+    n_out, kh, kw = w.shape[1], w.shape[3], w.shape[4]
+    Ho, Wo = _out_size(H, kh, stride, padding), _out_size(W_, kw, stride, padding)
+    T = C * kh * kw
+    xw = x.transpose(1, 2)  # [k, C, B, H, W]
+    if padding:
+        xw = F.pad(xw, (padding, padding, padding, padding))
+    extra = 0 if b is None else 1
+    cols = x.new_empty(k, T + extra, B, Ho, Wo)
+    taps = cols[:, :T].view(k, C, kh * kw, B, Ho, Wo)
+    for t, (u, v) in enumerate((u, v) for u in range(kh) for v in range(kw)):
+        taps[:, :, t] = xw[..., u : u + stride * (Ho - 1) + 1 : stride,
+                           v : v + stride * (Wo - 1) + 1 : stride]
+    wt = w.reshape(k, n_out, T)
+    if b is not None:
+        cols[:, T] = 1.0
+        wt = torch.cat([wt, b.reshape(k, n_out, 1)], 2)
+    cols = cols.view(k, T + extra, B * Ho * Wo)
+    out = torch.empty((B, k * n_out, Ho, Wo), dtype=x.dtype, device=x.device, memory_format=CL)
+    torch.bmm(cols.transpose(1, 2), wt.transpose(1, 2), out=_as_worker_major(out, k))
+    return out, cols
+
+
+def conv_first_weight_grad(dz: Tensor, cols: Tensor, k: int) -> Tensor:
+    """Per-worker weight gradient of :func:`conv_first` given its output gradient dz (stacked):
+    Σ over each worker's examples and positions of columns ⊗ dz, one bmm over workers.
+    Returns [k, O, T (+1)] (the bias gradient last when the columns carry it)."""
+    dz = dz.contiguous(memory_format=CL)
+    return torch.bmm(cols, _as_worker_major(dz, k)).transpose(1, 2)
+
+
+class _ConvFirstFn(torch.autograd.Function):
+    """Autograd wrapper of :func:`conv_first` (no bias): the weight gradient only."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, stride: int, padding: int) -> Tensor:  # type: ignore[override]
+        out, cols = conv_first(x, w, None, stride, padding)
+        ctx.save_for_backward(cols)
+        ctx.w_shape = w.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[None, Tensor, None, None]:  # type: ignore[override]
+        (cols,) = ctx.saved_tensors
+        k = ctx.w_shape[0]
+        return None, conv_first_weight_grad(g, cols, k).reshape(ctx.w_shape), None, None
+
+
+def conv_first_autograd(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0) -> Tensor:
+    """:func:`conv_first` without bias, differentiable in w (x needs no gradient)."""
+    return _ConvFirstFn.apply(x, w, stride, padding)
+
+
+def conv_grouped(
+    h: Tensor, w: Tensor, bias: Tensor | None = None, stride: int = 1, padding: int = 0
+) -> Tensor:
+    """Per-worker convolution on the stacked layout: one grouped convolution, groups = k.
+
+    h [B, k·C, H, W] (channels-last memory: oneDNN's fast path, ~1.6× faster than NCHW here
+    forward and backward), w [k, O, C, kh, kw], bias [k, O] or None -> [B, k·O, H', W'].
+    """
+    k, n_out = w.shape[:2]
+    b = None if bias is None else bias.reshape(k * n_out)
+    wg = w.reshape(k * n_out, *w.shape[2:]).contiguous(memory_format=CL)
+    return F.conv2d(h, wg, b, stride, padding, groups=k)
+
+
+def linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Per-worker affine map: h [k, n, F], w [k, O, F], b [k, O] -> [k, n, O] (one baddbmm).
+
+    ``h`` may also be [n, F] (the same inputs for every model); it is then broadcast."""
+    if h.dim() == 2:
+        return torch.matmul(h, w.transpose(1, 2)) + b[:, None, :]
+    return torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
+
+
+def add_channel_bias_(h: Tensor, b: Tensor) -> Tensor:
+    """In place: stacked h [B, k·C, H, W] += per-worker bias b [k, C]. Only for an ``h`` that
+    no autograd node has saved (e.g. a pooling output)."""
+    return h.add_(b.reshape(1, -1, 1, 1))
+
+
+def batch_norm_train(
+    h: Tensor, gamma: Tensor, beta: Tensor, mask: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """BatchNorm with each worker's own batch statistics, on the stacked layout.
+
+    h [B, k·C, H, W], gamma/beta [k, C], mask [k, B] bool (None = no padding). Statistics are
+    taken per (worker, channel) over that worker's real examples and all positions, exactly as
+    ``torch.nn.BatchNorm2d`` in training mode on that worker's batch alone. Returns the output
+    and the (detached) batch mean and unbiased variance [k, C], PyTorch's running-statistics
+    convention.
+    """
+    B, kC, H, W = h.shape
+    k, C = gamma.shape
+    if mask is None:
+        mean = torch.zeros(kC, device=h.device, dtype=h.dtype)
+        var = torch.ones(kC, device=h.device, dtype=h.dtype)
+        out = F.batch_norm(h, mean, var, gamma.reshape(kC), beta.reshape(kC), True, 1.0, eps)
+        return out, mean.view(k, C), var.view(k, C)
+    P = H * W
+    hv = h.view(B, k, C, P)
+    m = mask.t().to(h.dtype)[:, :, None, None]  # [B, k, 1, 1]
+    n = (mask.sum(1).to(h.dtype) * P).clamp_min(1.0)[:, None]  # [k, 1]
+    mean = (hv * m).sum((0, 3)) / n
+    d = (hv - mean[None, :, :, None]) * m  # padding normalised to 0: it stays finite downstream
+    var = (d * d).sum((0, 3)) / n
+    scale = torch.rsqrt(var + eps) * gamma
+    out = (d * scale[None, :, :, None] + beta[None, :, :, None]).view(B, kC, H, W)
+    unbiased = var * n / (n - 1).clamp_min(1.0)
+    return out, mean.detach(), unbiased.detach()
+
+
+def batch_norm_eval(
+    h: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor, eps: float
+) -> Tensor:
+    """BatchNorm with each model's stored statistics (stacked layout, all [k, C]).
+
+    A negative stored variance (possible after aggregation under attack) is clamped to 0."""
+    kC = h.shape[1]
+    return F.batch_norm(
+        h, mean.reshape(kC), var.clamp_min(0).reshape(kC), gamma.reshape(kC),
+        beta.reshape(kC), False, 0.0, eps,
+    )
+
+
+def per_worker_mean_ce(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """Σ_i (1/|B_i|) Σ_{n ∈ B_i} CE_n for logits [k, B, L], y/mask [k, B]: one scalar whose
+    gradient w.r.t. per-worker parameters is each worker's own mean-loss gradient."""
+    k, B, L = logits.shape
+    ce = F.cross_entropy(logits.reshape(k * B, L), y.reshape(k * B), reduction="none")
+    weight = mask.to(logits.dtype) / mask.sum(1, keepdim=True).clamp_min(1).to(logits.dtype)
+    return (ce.view(k, B) * weight).sum()
+
+
+def worker_chunks(
+    k: int, batch: int, bytes_per_example: int, budget: int, block_examples: int | None = None
+) -> list[slice]:
+    """Slices of the k workers such that each chunk's k_c·B examples fit the memory budget
+    (and, if given, about ``block_examples`` examples: cache blocking). Chunks are as equal
+    as possible."""
+    per = max(1, budget // max(1, batch * bytes_per_example))
+    if block_examples:
+        per = min(per, max(1, block_examples // max(1, batch)))
+    n = math.ceil(k / per)
+    size = math.ceil(k / n)
+    return [slice(s, min(s + size, k)) for s in range(0, k, size)]
+
+
+class ReferenceModel(Protocol):
+    """What the loop reference needs: one worker's gradient with plain PyTorch layers."""
+
+    dim: int
+
+    def reference_grad(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor: ...
+
+
+def reference_batched_grad(
+    model: ReferenceModel, W: Tensor, x: Tensor, y: Tensor, mask: Tensor
+) -> Tensor:
+    """The plain per-worker loop: worker i's gradient from its real examples alone, with
+    autograd through ordinary ``torch.nn.functional`` layers. Slow; the tests' reference."""
+    out = torch.zeros_like(W)
+    for i in range(W.shape[0]):
+        keep = mask[i]
+        if bool(keep.any()):
+            out[i] = model.reference_grad(W[i], x[i][keep], y[i][keep])
+    return out
+
+
+def naive_vmap_grad(
+    logits_fn: Callable[[Tensor, Tensor], Tensor], W: Tensor, x: Tensor, y: Tensor
+) -> Tensor:
+    """``torch.func.vmap(grad(...))`` over per-worker parameters (no padding): the baseline
+    that the benchmark compares against. logits_fn(w [dim], x [B, ...]) -> [B, L]."""
+    from torch.func import grad, vmap
+
+    def loss(w: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
+        return F.cross_entropy(logits_fn(w, xb), yb)
+
+    return vmap(grad(loss))(W, x, y)
