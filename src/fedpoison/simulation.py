@@ -123,6 +123,11 @@ def run(
     assert cfg.iterations is not None and cfg.f is not None and cfg.batch_size is not None
     assert cfg.lr is not None
     device = _resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.model != "lr":
+        # Large per-iteration activations: keep freed memory for reuse (models/batched.py).
+        from fedpoison.models.batched import tune_cpu_allocator
+
+        tune_cpu_allocator()
 
     ds = dataset if dataset is not None else load(cfg.dataset, seed=cfg.seed)
     if cfg.train_subset is not None:
