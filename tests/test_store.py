@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedpoison.config import RunConfig
-from fedpoison.errors import ConfigError
+from fedpoison.errors import ConfigError, ProvenanceError
 from fedpoison.experiments.store import ResultStore
 from fedpoison.experiments.worker import synthetic_result
 
@@ -32,8 +32,9 @@ def test_put_get_and_exactly_once(tmp_path: Path) -> None:
         got = s.get(key)
         assert got is not None and got["final_error"] == 0.25
         assert s.metrics([key, "nope"], "final_error") == {key: 0.25}
-        with pytest.raises(ValueError, match="config hash"):
+        with pytest.raises(ProvenanceError, match="other fedpoison source"):
             s.put("0" * 16, synthetic_result(CFG, 0.1))
+        assert len(s) == 1
     db = sqlite3.connect(tmp_path / "s.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     row = db.execute("SELECT version, executor, created_at FROM runs").fetchone()

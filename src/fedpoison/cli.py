@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from fedpoison.errors import ConfigError, DataError
+    from fedpoison.errors import ConfigError, DataError, ProvenanceError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -145,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except DataError as e:
         print(f"fedpoison: data error: {e}", file=sys.stderr)
+        return 1
+    except ProvenanceError as e:
+        print(f"fedpoison: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fedpoison: interrupted", file=sys.stderr)

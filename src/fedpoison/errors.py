@@ -18,3 +18,8 @@ class ConfigError(ValueError):
 
 class DataError(RuntimeError):
     """A dataset is missing, corrupt or cannot be downloaded; the message says what to do."""
+
+
+class ProvenanceError(RuntimeError):
+    """A result was computed by other code than the one that planned it (e.g. the package
+    source changed while a sweep ran, or a Ray node runs another version)."""

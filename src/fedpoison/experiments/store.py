@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpoison import __version__
-from fedpoison.errors import ConfigError
+from fedpoison.errors import ConfigError, ProvenanceError
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -95,7 +95,12 @@ class ResultStore:
     def put(self, key: str, result: dict[str, Any], *, executor: str = "") -> bool:
         """Store one finished run (its own transaction); False if the key was already there."""
         if result.get("config_hash") != key:
-            raise ValueError(f"result for {key} carries config hash {result.get('config_hash')}")
+            raise ProvenanceError(
+                f"run {key} came back with key {result.get('config_hash')}: the worker that ran "
+                "it has other fedpoison source than this driver (was the package edited while "
+                "the sweep ran, or does a Ray node run another version?). Nothing was stored "
+                "for it; runs stored so far are kept. Rerun the sweep to resume."
+            )
         cur = self._db.execute(
             "INSERT INTO runs (key, config, result, final_error, best_error, final_loss, "
             "seconds, timings, version, git_commit, executor, host, created_at) "
