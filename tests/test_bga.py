@@ -145,6 +145,12 @@ def test_initial_poison_labels() -> None:
     assert bool((yp != y[src]).all()) and bool(((yp >= 0) & (yp < 5)).all())
 
 
+def test_divergent_inner_learner_is_reported() -> None:
+    problem, _, _, W0 = _problem()
+    with pytest.raises(FloatingPointError, match="fixed-point range"):
+        B.train_forward(problem, W0, 200, 1e6, MOM)
+
+
 def test_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="momentum"):
         B.BGASettings(momentum=0.123456789).validate()

@@ -232,8 +232,11 @@ def train_forward(
         rem[t] = (scaled - q * den).to(torch.uint8)
         V = q - G
         W = W + V
-        if float(V.abs().max()) * 2.0**-RADIX_BITS >= _MAX_ABS:
-            to_fixed(from_fixed(V, torch.float64))  # raises with the range message
+        if max(int(V.abs().max()), int(W.abs().max())) >= _MAX_ABS * 2.0**RADIX_BITS:
+            raise FloatingPointError(
+                f"bga: inner parameters left the fixed-point range |w| < {_MAX_ABS:g} at step "
+                f"{t + 1} (inner_lr too large?)"
+            )
     return ReversibleState(W=W, V=V, remainders=rem)
 
 

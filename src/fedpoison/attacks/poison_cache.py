@@ -98,6 +98,7 @@ def _write(path: Path, key: str, params: Mapping[str, Any], x: Tensor, y: Tensor
         with os.fdopen(fd, "wb") as fh:
             torch.save({"key": key, "params": json.dumps(dict(params), default=str),
                         "x": x.detach().cpu(), "y": y.detach().cpu()}, fh)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache should be readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
