@@ -10,12 +10,13 @@ One iteration's local training is one SGD round of every worker: the per-worker 
 They are timed interleaved (one of each per repeat, so that a change in machine load hits all
 of them alike) and reported as medians with IQR, beside the FLOP floor: the iteration's
 counted FLOPs (forward + weight gradients + input gradients of all layers but the first) over
-this machine's fp32 matmul rate, measured interleaved with them. Peak memory of each method is
-the growth of the peak resident set size (``getrusage`` maxrss) of a fresh subprocess that
-runs it once. The load average and each method's process CPU time are printed: on a shared
-machine, read ratios (and single-threaded CPU times, ``--threads 1``), not wall seconds.
+this machine's fp32 matmul rate (a 2048² product), measured interleaved with them. Peak memory
+of each method is the growth of the peak resident set (VmHWM) of a fresh subprocess that runs
+it once. The load average and each method's process CPU time are printed: on a shared
+machine read ratios, and single-threaded CPU times (``--threads 1``), not wall seconds.
 
     PYTHONPATH=src python benchmarks/bench_cnn.py [--repeats 7] [--threads N] [--diverged]
+        [--block EXAMPLES] [--methods batched,loop,vmap] [--no-memory] [--no-tune]
 """
 
 from __future__ import annotations
@@ -60,16 +61,19 @@ def setup(
     return model, fns
 
 
-def matmul_gflops() -> float:
-    """fp32 GFLOP/s of one 2048² matrix product (median of 3)."""
+def matmul_gflops() -> tuple[float, float]:
+    """fp32 GFLOP/s of a 2048² matrix product (median of 3): by wall time, and by process
+    CPU time per thread (what one idle core would do; robust to other processes' load)."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     a @ b
-    ts = []
+    walls, cpus = [], []
     for _ in range(3):
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         a @ b
-        ts.append(time.perf_counter() - t)
-    return 2 * 2048**3 / statistics.median(ts) / 1e9
+        walls.append(time.perf_counter() - t)
+        cpus.append((time.process_time() - c) / torch.get_num_threads())
+    flop = 2 * 2048**3
+    return flop / statistics.median(walls) / 1e9, flop / statistics.median(cpus) / 1e9
 
 
 def iteration_flops(model: CNN, examples: int) -> float:
@@ -93,14 +97,26 @@ def peak_memory(method: str, args: argparse.Namespace) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
 
+def _peak_rss_mib() -> float:
+    """Peak resident set of this process image: VmHWM (Linux; reset by exec, unlike
+    getrusage's maxrss, which a child inherits from its parent), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_probe(args: argparse.Namespace) -> None:
     if not args.no_tune:
         tune_cpu_allocator()
     _, fns = setup(args.workers, args.batch, args.diverged, args.block)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_mib()
     fns[args.memory_probe]()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (after - before) / 1024}))
+    print(json.dumps({"peak_mib": _peak_rss_mib() - before}))
 
 
 def main() -> None:
@@ -132,9 +148,9 @@ def main() -> None:
         fns[name]()
     times: dict[str, list[float]] = {name: [] for name in methods}
     cpu: dict[str, list[float]] = {name: [] for name in methods}
-    floors: list[float] = []
+    rates: list[tuple[float, float]] = []
     for _ in range(args.repeats):
-        floors.append(flops / (matmul_gflops() * 1e9))
+        rates.append(matmul_gflops())
         for name in methods:
             c, t = time.process_time(), time.perf_counter()
             fns[name]()
@@ -148,24 +164,35 @@ def main() -> None:
         q = statistics.quantiles(ts, n=4)
         return statistics.median(ts), q[2] - q[0]
 
-    floor, floor_iqr = med_iqr(floors)
+    threads = torch.get_num_threads()
+    rate_wall = statistics.median(r[0] for r in rates)
+    rate_cpu = statistics.median(r[1] for r in rates)
+    floor_wall = flops / (rate_wall * 1e9)
+    # CPU time is a clean measure only single-threaded (idle threads spin or wait otherwise)
+    floor_cpu = flops / (rate_cpu * 1e9) if threads == 1 else float("nan")
     print(f"CNN-MNIST local training, m={args.workers}, batch {args.batch}, "
-          f"{'diverged' if args.diverged else 'shared'} weights, d={model.dim}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'diverged' if args.diverged else 'shared'} weights, d={model.dim}, "
+          f"CPU blocks of {model.cpu_block_examples} examples")
+    print(f"torch {torch.__version__}, {threads} threads, "
           f"{os.cpu_count()} cores, allocator tuned: {not args.no_tune}")
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (1-min)")
-    print(f"FLOPs per iteration {flops / 1e9:.1f} GFLOP; matmul "
-          f"{flops / floor / 1e9:.0f} GFLOP/s (median); floor {floor:.3f} s (IQR {floor_iqr:.3f})")
-    loop = statistics.median(times["loop"]) if "loop" in times else float("nan")
-    print(f"{'method':8} {'median s':>9} {'IQR s':>7} {'× floor':>8} {'loop ÷':>7} "
-          f"{'CPU s':>7} {'peak MiB':>9}")
+    print(f"FLOPs per iteration {flops / 1e9:.1f} GFLOP; fp32 matmul {rate_wall:.0f} GFLOP/s "
+          f"by wall time, {rate_cpu:.0f} GFLOP/s per thread by CPU time; floor "
+          f"{floor_wall:.3f} s (wall), {floor_cpu:.3f} s (CPU time / threads)")
+    loop_w = statistics.median(times["loop"]) if "loop" in times else float("nan")
+    loop_c = statistics.median(cpu["loop"]) if "loop" in cpu else float("nan")
+    print(f"{'method':8} {'wall s':>7} {'IQR':>6} {'×floor':>7} {'loop÷':>6} | "
+          f"{'CPU s':>6} {'IQR':>6} {'×floor':>7} {'loop÷':>6} | {'peak MiB':>8}")
     for name in methods:
-        med, iqr = med_iqr(times[name])
+        w, wi = med_iqr(times[name])
+        c, ci = med_iqr(cpu[name])
         mem = float("nan") if args.no_memory else peak_memory(name, args)
-        print(f"{name:8} {med:9.3f} {iqr:7.3f} {med / floor:8.2f} {loop / med:7.2f} "
-              f"{statistics.median(cpu[name]):7.3f} {mem:9.0f}")
-    print("CPU s: process CPU time (all threads), less sensitive to other processes' load.")
-    print(f"repeats: {args.repeats}; raw seconds: "
+        print(f"{name:8} {w:7.3f} {wi:6.3f} {w / floor_wall:7.2f} {loop_w / w:6.2f} | "
+              f"{c:6.3f} {ci:6.3f} {c / floor_cpu:7.2f} {loop_c / c:6.2f} | "
+              f"{mem:8.0f}")
+    print("wall: perf_counter; CPU: process CPU time of all threads. Single-threaded, CPU time "
+          "is what an idle core would take: other processes' load disturbs it far less.")
+    print(f"repeats: {args.repeats}; raw wall seconds: "
           + json.dumps({k: [round(t, 3) for t in v] for k, v in times.items()}))
 
 

@@ -2,19 +2,19 @@
 
 Layouts (k workers, B examples each):
 
-* **stacked** image activations ``[B, k·C, H, W]``: row b holds example b of every worker,
-  worker i's channels are ``i·C … i·C + C − 1``. A convolution with per-worker weights is
-  then one grouped convolution (``groups=k``), max pooling and ReLU act per channel as usual,
-  and a per-worker BatchNorm is a BatchNorm over the k·C stacked channels.
+* **stacked** image activations ``[B, k·C, H, W]`` in channels-last memory: row b holds
+  example b of every worker, worker i's channels are ``i·C … i·C + C − 1``. A convolution
+  with per-worker weights is then one grouped convolution (``groups=k``) whose weight
+  gradient is already per worker, max pooling and ReLU act per channel as usual, and a
+  per-worker BatchNorm is a BatchNorm over the k·C stacked channels.
 * **worker-major** feature activations ``[k, B, F]`` for fully connected layers: one batched
-  matrix product over workers.
+  matrix product over workers; the weight gradient bmm(δᵀ, a) sums each worker's own examples.
 
 Why this and not ``torch.func.vmap`` over per-worker parameters: on CPU (oneDNN) a grouped
 convolution with k groups runs as fast as one convolution over all k·B examples with shared
 weights, while naive vmap of per-example convolutions is slower than a Python loop (issue 5,
-docs/choices_models.md). The exception is a convolution with one input channel per group
-(the first layer on grayscale images): oneDNN's grouped weight gradient is pathologically slow
-there, so that layer is an explicit im2col + batched matmul (:func:`conv_first`).
+docs/choices_models.md). So the shared-weight structure of the first local round buys
+nothing on top, and one code path serves shared and diverged weights.
 
 The per-worker Python loop (:func:`reference_batched_grad`) is kept as the reference the tests
 compare the batched path against.
@@ -38,9 +38,9 @@ from torch import Tensor
 # CNN-MNIST with m = 100, B = 32 fits in one chunk.
 MEMORY_BUDGET = 4 * 2**30
 # On CPU, models that support it train workers in blocks of about this many examples, so that
-# large first-layer activations (the CNN's conv1 output: 81 KB per MNIST example) stay in the
+# large first-layer activations (the CNN's conv1 output: 69 KB per MNIST example) stay in the
 # L3 cache. A handful of blocks (m = 100, B = 32: 7 blocks of ≤ 16 workers), each one batched
-# computation; measured ~25% faster than one block on our 2-core machines (bench_cnn.py).
+# computation; measured ~35% less CPU time than one block on our 2-core machines.
 CPU_BLOCK_EXAMPLES = 512
 
 
@@ -67,86 +67,14 @@ def tune_cpu_allocator() -> bool:
     return bool(ok and libc.mallopt(m_trim_threshold, 1 << 34) == 1)
 
 
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 CL = torch.channels_last
 
 
-def _as_worker_major(h: Tensor, k: int) -> Tensor:
-    """A channels-last stacked tensor [B, k·O, P, Q] (memory [B, P, Q, k, O]) viewed as
-    [k, B·P·Q, O] (strides O, k·O, 1): a BLAS operand with leading dimension k·O, no copy."""
-    kc = h.shape[1]
-    return h.permute(0, 2, 3, 1).reshape(-1, k, kc // k).transpose(0, 1)
-
-
-def conv_first(
-    x: Tensor, w: Tensor, b: Tensor | None = None, stride: int = 1, padding: int = 0
-) -> tuple[Tensor, Tensor]:
-    """Per-worker convolution of each worker's own images: im2col + one bmm over workers.
-
-    x [k, B, C, H, W] (``x.expand(k, …)`` for k models on the same images), w [k, O, C, kh, kw],
-    b [k, O] or None -> (channels-last stacked output [B, k·O, H', W'], im2col columns
-    [k, T (+1), B·H'·W'] for :func:`conv_first_weight_grad`), T = C·kh·kw.
-
-    The columns are built from kh·kw strided slices (``F.unfold`` is slow for C = 1); a row of
-    ones carries the bias. The product [k, B·H'·W', T] @ [k, T, O] is written straight into
-    the channels-last output (leading dimension k·O, no copy). Used for the first layer, whose
-    input gradient is never needed and where oneDNN's grouped weight gradient with one input
-    channel per group is pathologically slow.
-    """
-    k, B, C, H, W_ = x.shape
-    n_out, kh, kw = w.shape[1], w.shape[3], w.shape[4]
-    Ho, Wo = _out_size(H, kh, stride, padding), _out_size(W_, kw, stride, padding)
-    T = C * kh * kw
-    xw = x.transpose(1, 2)  # [k, C, B, H, W]
-    if padding:
-        xw = F.pad(xw, (padding, padding, padding, padding))
-    extra = 0 if b is None else 1
-    cols = x.new_empty(k, T + extra, B, Ho, Wo)
-    taps = cols[:, :T].view(k, C, kh * kw, B, Ho, Wo)
-    for t, (u, v) in enumerate((u, v) for u in range(kh) for v in range(kw)):
-        taps[:, :, t] = xw[..., u : u + stride * (Ho - 1) + 1 : stride,
-                           v : v + stride * (Wo - 1) + 1 : stride]
-    wt = w.reshape(k, n_out, T)
-    if b is not None:
-        cols[:, T] = 1.0
-        wt = torch.cat([wt, b.reshape(k, n_out, 1)], 2)
-    cols = cols.view(k, T + extra, B * Ho * Wo)
-    out = torch.empty((B, k * n_out, Ho, Wo), dtype=x.dtype, device=x.device, memory_format=CL)
-    torch.bmm(cols.transpose(1, 2), wt.transpose(1, 2), out=_as_worker_major(out, k))
-    return out, cols
-
-
-def conv_first_weight_grad(dz: Tensor, cols: Tensor, k: int) -> Tensor:
-    """Per-worker weight gradient of :func:`conv_first` given its output gradient dz (stacked):
-    Σ over each worker's examples and positions of columns ⊗ dz, one bmm over workers.
-    Returns [k, O, T (+1)] (the bias gradient last when the columns carry it)."""
-    dz = dz.contiguous(memory_format=CL)
-    return torch.bmm(cols, _as_worker_major(dz, k)).transpose(1, 2)
-
-
-class _ConvFirstFn(torch.autograd.Function):
-    """Autograd wrapper of :func:`conv_first` (no bias): the weight gradient only."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, stride: int, padding: int) -> Tensor:  # type: ignore[override]
-        out, cols = conv_first(x, w, None, stride, padding)
-        ctx.save_for_backward(cols)
-        ctx.w_shape = w.shape
-        return out
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[None, Tensor, None, None]:  # type: ignore[override]
-        (cols,) = ctx.saved_tensors
-        k = ctx.w_shape[0]
-        return None, conv_first_weight_grad(g, cols, k).reshape(ctx.w_shape), None, None
-
-
-def conv_first_autograd(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0) -> Tensor:
-    """:func:`conv_first` without bias, differentiable in w (x needs no gradient)."""
-    return _ConvFirstFn.apply(x, w, stride, padding)
+def stack_images(x: Tensor) -> Tensor:
+    """Per-worker images [k, B, C, H, W] -> channels-last stacked [B, k·C, H, W] (one copy).
+    ``x.expand(k, …)`` of one batch gives k models the same images."""
+    k, B, C = x.shape[:3]
+    return x.transpose(0, 1).reshape(B, k * C, *x.shape[3:]).contiguous(memory_format=CL)
 
 
 def conv_grouped(
@@ -154,8 +82,10 @@ def conv_grouped(
 ) -> Tensor:
     """Per-worker convolution on the stacked layout: one grouped convolution, groups = k.
 
-    h [B, k·C, H, W] (channels-last memory: oneDNN's fast path, ~1.6× faster than NCHW here
-    forward and backward), w [k, O, C, kh, kw], bias [k, O] or None -> [B, k·O, H', W'].
+    h [B, k·C, H, W], w [k, O, C, kh, kw], bias [k, O] or None -> [B, k·O, H', W'].
+    Channels-last memory is oneDNN's fast path: ~1.6× faster than NCHW for these grouped
+    convolutions forward and backward, and with one input channel per group (a first layer
+    on grayscale images) NCHW's weight gradient is pathologically slow (21 s vs 7 ms).
     """
     k, n_out = w.shape[:2]
     b = None if bias is None else bias.reshape(k * n_out)

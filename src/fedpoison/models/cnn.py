@@ -21,9 +21,8 @@ from fedpoison.models.batched import (
     CPU_BLOCK_EXAMPLES,
     MEMORY_BUDGET,
     add_channel_bias_,
-    conv_first,
-    conv_first_weight_grad,
     linear,
+    stack_images,
     worker_chunks,
 )
 from fedpoison.models.flat import FlatLayout, pytorch_default_init
@@ -37,11 +36,11 @@ class CNN:
     fc1.bias [200], fc2.weight [L, 200], fc2.bias [L], with F = 50·H₂·W₂ in C, H, W order.
     ``torch_module()`` is the same network as an ``nn.Module`` with the same names.
 
-    Batched training (all workers at once, also with diverged weights): the first
-    convolution is im2col + bmm over (example, worker) pairs, the second one grouped
-    convolution with groups = k on the stacked layout, the FC layers bmm over workers.
-    Pooling is applied before bias + ReLU (max commutes with a per-channel shift and with
-    ReLU), so bias and ReLU touch 4× fewer values; the function is unchanged.
+    Batched training (all workers at once, also with diverged weights): both convolutions
+    are grouped convolutions (groups = k) on the channels-last stacked layout, the FC layers
+    bmm over workers, and the backward pass is written out layer by layer. Pooling is applied
+    before ReLU (and before conv2's bias): max commutes with a per-channel shift and with
+    ReLU, so these touch 4× fewer values and the function is unchanged.
     """
 
     C1, C2, HIDDEN = 30, 50, 200
@@ -80,11 +79,10 @@ class CNN:
         self.memory_budget = memory_budget
         # CPU cache blocking (batched_grad); None = one block. Measured in bench_cnn.py.
         self.cpu_block_examples: int | None = CPU_BLOCK_EXAMPLES
-        self.first_layer = "mkldnn"
         with torch.device("meta"):  # a parameter-free template for functional_call
             self._template = self.torch_module()
         # Activation bytes one training example holds at the peak (conv1 output, its pooling
-        # gradient and indices, im2col columns, conv2 likewise), a deliberate overestimate.
+        # gradient and indices, conv2 likewise, inputs), a deliberate overestimate.
         a1, a2 = self.C1 * (H - 2) * (W - 2), self.C2 * (h1 - 2) * (w1 - 2)
         self.bytes_per_example = 4 * (4 * a1 + 10 * C * (H - 2) * (W - 2) + 4 * a2)
         self.flops_per_example = 2 * (
@@ -107,24 +105,21 @@ class CNN:
         fully connected part is worker-major [k, n, F]."""
         k, n = x.shape[:2]
         x = x[..., : self.used_input[0], : self.used_input[1]]
-        if self.first_layer == "im2col":
-            z1, cols = conv_first(x, P["conv1.weight"], P["conv1.bias"])
-        else:
-            cols = x.transpose(0, 1).reshape(n, -1, *x.shape[3:]).contiguous(memory_format=CL)
-            w1 = P["conv1.weight"].reshape(-1, *P["conv1.weight"].shape[2:])
-            z1 = F.conv2d(cols, w1.contiguous(memory_format=CL), P["conv1.bias"].reshape(-1),
-                          groups=k)
-        p1, idx1 = F.max_pool2d_with_indices(z1, 2)
+        xs = stack_images(x)
+        w1 = P["conv1.weight"].reshape(k * self.C1, -1, 3, 3).contiguous(memory_format=CL)
+        z1 = F.conv2d(xs, w1, P["conv1.bias"].reshape(-1), groups=k)
+        pool = F.max_pool2d_with_indices if need_backward else _pool_no_indices
+        p1, idx1 = pool(z1, 2)
         a1 = p1.relu_()  # pool before ReLU: they commute, and the pooled tensor is 4× smaller
         w2 = P["conv2.weight"].reshape(k * self.C2, self.C1, 3, 3).contiguous(memory_format=CL)
         z2 = F.conv2d(a1, w2, None, groups=k)
-        p2, idx2 = F.max_pool2d_with_indices(z2, 2)
+        p2, idx2 = pool(z2, 2)
         # pool before bias + ReLU: max commutes with both, and the pooled tensor is 4× smaller
         a2 = add_channel_bias_(p2, P["conv2.bias"]).relu_()
         f = a2.view(n, k, self.C2, *a2.shape[2:]).transpose(0, 1).reshape(k, n, self.features)
         h = linear(f, P["fc1.weight"], P["fc1.bias"]).relu_()
         z = linear(h, P["fc2.weight"], P["fc2.bias"])
-        saved = {"z1": z1, "cols": cols, "idx1": idx1, "a1": a1, "w2": w2, "z2": z2,
+        saved = {"xs": xs, "w1": w1, "z1": z1, "idx1": idx1, "a1": a1, "w2": w2, "z2": z2,
                  "idx2": idx2, "a2": a2, "f": f, "h": h}
         return z, saved
 
@@ -133,6 +128,8 @@ class CNN:
         k = W.shape[0]
         P = self.layout.split(W)
         per = max(1, self.memory_budget // (k * self.bytes_per_example))
+        if W.device.type == "cpu" and self.cpu_block_examples:
+            per = min(per, max(1, self.cpu_block_examples // k))  # cache blocking, as in training
         with torch.no_grad():
             out = [
                 self._forward(P, x[s : s + per].expand(k, *x[s : s + per].shape), False)[0]
@@ -198,18 +195,12 @@ class CNN:
             dz1 = torch.ops.aten.max_pool2d_with_indices_backward(
                 da1, s["z1"], [2, 2], [2, 2], [0, 0], [1, 1], False, s["idx1"]
             )
-            if self.first_layer == "im2col":
-                gw1 = conv_first_weight_grad(dz1, s["cols"], k)  # [k, C1, 9·C + 1]
-                GP["conv1.weight"].copy_(gw1[:, :, :-1].reshape(GP["conv1.weight"].shape))
-                GP["conv1.bias"].copy_(gw1[:, :, -1])
-            else:
-                w1 = P["conv1.weight"].reshape(-1, *P["conv1.weight"].shape[2:])
-                _, dw1, db1 = torch.ops.aten.convolution_backward(
-                    dz1, s["cols"], w1.contiguous(memory_format=CL), [w1.shape[0]], [1, 1],
-                    [0, 0], [1, 1], False, [0, 0], k, [False, True, True],
-                )
-                GP["conv1.weight"].copy_(dw1.view(GP["conv1.weight"].shape))
-                GP["conv1.bias"].copy_(db1.view(k, self.C1))
+            _, dw1, db1 = torch.ops.aten.convolution_backward(
+                dz1, s["xs"], s["w1"], [k * self.C1], [1, 1], [0, 0], [1, 1], False, [0, 0], k,
+                [False, True, True],
+            )
+            GP["conv1.weight"].copy_(dw1.view(GP["conv1.weight"].shape))
+            GP["conv1.bias"].copy_(db1.view(k, self.C1))
 
     # ----------------------------------------------------------------- reference
     def torch_module(self) -> nn.Module:
@@ -244,6 +235,10 @@ class _CNNModule(nn.Module):
         h = F.relu(self.fc1(h.flatten(1)))
         return self.fc2(h)
 
+
+
+def _pool_no_indices(h: Tensor, size: int) -> tuple[Tensor, None]:
+    return F.max_pool2d(h, size), None
 
 
 def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:

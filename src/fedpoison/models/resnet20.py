@@ -35,10 +35,10 @@ from fedpoison.models.batched import (
     MEMORY_BUDGET,
     batch_norm_eval,
     batch_norm_train,
-    conv_first_autograd,
     conv_grouped,
     linear,
     per_worker_mean_ce,
+    stack_images,
     worker_chunks,
 )
 from fedpoison.models.flat import FlatLayout, pytorch_default_init
@@ -51,8 +51,8 @@ def _bn_entries(name: str, channels: int) -> list[tuple[str, tuple[int, ...]]]:
 
 
 class ResNet20:
-    """ResNet20 for images [C, H, W] and ``num_classes`` outputs (d = 272,474 + 2·L + stats
-    for C = 1; see ``dim``).
+    """ResNet20 for images [C, H, W] and ``num_classes`` outputs (CH-MNIST, 1×64×64, L = 8:
+    d = 270,680 = 269,304 learnable + 1,376 BatchNorm running statistics).
 
     Flat layout: PyTorch ``state_dict`` order of ``torch_module()`` (conv1.weight,
     bn1.{weight, bias, running_mean, running_var}, layer1.0.conv1.weight, layer1.0.bn1.*, …,
@@ -97,8 +97,8 @@ class ResNet20:
         self.bn_names = [s.name[: -len(".running_mean")] for s in self.layout
                          if s.name.endswith(".running_mean")]
         # autograd keeps ~4 tensors of every activation's size (conv output, BN output, ReLU
-        # output, BN's saved input) plus the first layer's im2col columns
-        self.bytes_per_example = 4 * (4 * act + 9 * C * H * W)
+        # output, BN's saved input) plus the stacked input
+        self.bytes_per_example = 4 * (4 * act + 2 * C * H * W)
         with torch.device("meta"):  # a parameter-free template for functional_call
             self._template = self.torch_module()
 
@@ -132,13 +132,14 @@ class ResNet20:
             stats[name] = (mean, var)
             return out
 
-        h = F.relu_(bn("bn1", conv_first_autograd(x, P["conv1.weight"], 1, 1)))
+        h = F.relu_(bn("bn1", conv_grouped(stack_images(x), P["conv1.weight"], None, 1, 1)))
         for pre, in_planes, planes, stride in self.blocks:
             out = conv_grouped(h, P[f"{pre}.conv1.weight"], None, stride, 1)
             out = F.relu_(bn(f"{pre}.bn1", out))
             out = bn(f"{pre}.bn2", conv_grouped(out, P[f"{pre}.conv2.weight"], None, 1, 1))
             h = F.relu_(out + _shortcut(h, k, in_planes, planes, stride))
-        feat = h.mean((2, 3)).view(n, k, -1).transpose(0, 1)  # global average pool [k, n, 64]
+        # global average pooling [k, n, 64]; avg_pool2d keeps the gradient channels-last
+        feat = F.avg_pool2d(h, h.shape[2:]).view(n, k, -1).transpose(0, 1)
         return linear(feat, P["fc.weight"], P["fc.bias"])
 
     def logits(self, W: Tensor, x: Tensor) -> Tensor:
