@@ -1,9 +1,9 @@
 """``fedpoison demo``: the main job on an embedded default.
 
-LR on MNIST when the data home holds it (paper Table 2a's setting), otherwise LR on Breast
-Cancer Wisconsin, which ships inside scikit-learn. It runs Krum without attack and under
-the paper's full-knowledge Krum attack and prints both, so a new user sees the point of the
-library in one command.
+LR on MNIST with Krum when the data home holds it (paper Table 2a's setting), otherwise LR
+on Breast Cancer Wisconsin (it ships inside scikit-learn) with median. It runs the rule
+without attack and under the paper's full-knowledge attack crafted for it and prints both,
+so a new user sees the point of the library in one command.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ def main() -> int:
         base = RunConfig(dataset="mnist", model="lr", rule="krum", iterations=500)
         why = f"MNIST found in the data home ({data_home()})"
     else:
-        base = RunConfig(dataset="breast-cancer", model="lr", rule="krum", iterations=500)
+        # With ~4.5 examples per worker, Krum is already noisy here; median shows the attack.
+        base = RunConfig(dataset="breast-cancer", model="lr", rule="median", iterations=500)
         why = (f"MNIST not in the data home ({data_home()}; set FEDPOISON_DATA), "
                "using Breast Cancer from scikit-learn")
     print(f"fedpoison demo: {why}", file=sys.stderr)
-    attack = "krum" if "krum" in MODEL_ATTACKS else "label-flip"
+    attack = base.rule if base.rule in MODEL_ATTACKS else "label-flip"
     runs = [("no attack", base), (f"{attack} attack (full knowledge)",
                                   RunConfig(**{**base.to_dict(), "attack": attack}))]
     for label, cfg in runs:
