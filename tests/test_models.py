@@ -317,6 +317,22 @@ def test_tune_cpu_allocator_is_harmless() -> None:
            reference_batched_grad(model, W, x, y, mask))
 
 
+def test_tuned_allocator_reuses_freed_memory() -> None:
+    if not tune_cpu_allocator():
+        pytest.skip("allocator tuning needs Linux/glibc")
+    import resource
+
+    n = 40 * 2**20 // 4  # 40 MiB: above glibc's default mmap threshold
+    pages = n * 4 // 4096
+    torch.ones(n)
+    torch.ones(n)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        torch.ones(n)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < pages  # untuned (or a mistuned trim threshold): ~4 faults per page
+
+
 def test_device_auto_is_cpu_without_cuda() -> None:
     from fedpoison.simulation import _resolve_device
 
