@@ -25,10 +25,10 @@ from fedpoison.models.batched import (
     stack_images,
     worker_chunks,
 )
-from fedpoison.models.flat import FlatLayout, pytorch_default_init
+from fedpoison.models.flat import AutogradReference, FlatLayout, pytorch_default_init
 
 
-class CNN:
+class CNN(AutogradReference):
     """Table 7a's network for images [C, H, W] and ``num_classes`` outputs.
 
     Flat layout (PyTorch ``state_dict`` order, row-major): conv1.weight [30, C, 3, 3],
@@ -207,18 +207,6 @@ class CNN:
         """The same network as a plain ``nn.Module`` (state_dict names = the flat layout)."""
         return _CNNModule(self.input_shape[0], self.features, self.num_classes)
 
-    def reference_logits(self, w: Tensor, x: Tensor) -> Tensor:
-        """One model w [dim] on x [n, C, H, W] through ``torch_module()`` -> [n, L]."""
-        from torch.func import functional_call
-
-        return functional_call(self._template, self.layout.state_dict(w), (x,))
-
-    def reference_grad(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """One worker's gradient of the mean cross-entropy by plain autograd -> [dim]."""
-        w = w.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(self.reference_logits(w, x), y)
-        (g,) = torch.autograd.grad(loss, w)
-        return g
 
 
 class _CNNModule(nn.Module):

@@ -120,3 +120,26 @@ def pytorch_default_init(
         else:
             raise ValueError(f"pytorch_default_init: no rule for {slot.name!r}")
     return w
+
+
+class AutogradReference:
+    """The per-worker autograd reference the batched models are tested against.
+
+    Needs ``self._template`` (the equivalent ``nn.Module``) and ``self.layout``.
+    """
+
+    _template: torch.nn.Module
+    layout: FlatLayout
+
+    def reference_logits(self, w: Tensor, x: Tensor) -> Tensor:
+        """One model w [dim] on x [n, ...] through ``torch_module()`` -> [n, L]."""
+        from torch.func import functional_call
+
+        return functional_call(self._template, self.layout.state_dict(w), (x,))
+
+    def reference_grad(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """One worker's gradient of the mean cross-entropy by plain autograd -> [dim]."""
+        w = w.detach().clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(self.reference_logits(w, x), y)
+        (g,) = torch.autograd.grad(loss, w)
+        return g

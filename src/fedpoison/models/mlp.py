@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedpoison.models.batched import linear
-from fedpoison.models.flat import FlatLayout, pytorch_default_init
+from fedpoison.models.flat import AutogradReference, FlatLayout, pytorch_default_init
 
 
-class MLP:
+class MLP(AutogradReference):
     """F → ``hidden`` + ReLU → L as one flat vector.
 
     Flat layout (PyTorch ``state_dict`` order): fc1.weight [H, F], fc1.bias [H], fc2.weight
@@ -79,18 +79,6 @@ class MLP:
         """The same network as a plain ``nn.Module`` (state_dict names = the flat layout)."""
         return _MLPModule(self.num_features, self.hidden, self.num_classes)
 
-    def reference_logits(self, w: Tensor, x: Tensor) -> Tensor:
-        """One model w [dim] on x [n, F] through ``torch_module()`` -> [n, L]."""
-        from torch.func import functional_call
-
-        return functional_call(self._template, self.layout.state_dict(w), (x,))
-
-    def reference_grad(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """One worker's gradient of the mean cross-entropy by plain autograd -> [dim]."""
-        w = w.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(self.reference_logits(w, x), y)
-        (g,) = torch.autograd.grad(loss, w)
-        return g
 
 
 class _MLPModule(nn.Module):
