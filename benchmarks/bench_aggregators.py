@@ -15,27 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from fedpoison.aggregators import AGGREGATORS, pairwise_sq_distances
+from timing import timings_ms
 
 M, F = 100, 20
 SHAPES = {"LR-MNIST": 7850, "CNN (~270k)": 270_000}
-
-
-def timings_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = np.empty(repeats)
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out[i] = (time.perf_counter() - start) * 1e3
-    return out
 
 
 def summary(ts: np.ndarray) -> tuple[float, float]:
@@ -54,7 +43,7 @@ def bench_shape(label: str, d: int, repeats: int) -> None:
     cases["torch.sort (dim 0)"] = lambda: torch.sort(W, dim=0)
     medians: dict[str, float] = {}
     for case, fn in cases.items():
-        med, iqr = summary(timings_ms(fn, repeats))
+        med, iqr = summary(timings_ms(fn, repeats, warmup=2))
         medians[case] = med
         print(f"{label:<12} {case:<26} {med:9.2f} {iqr:8.2f}", flush=True)
     ratio = medians["torch.sort (dim 0)"] / medians["np.sort (axis 0)"]

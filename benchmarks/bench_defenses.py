@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -38,20 +37,10 @@ from fedpoison.defenses.leave_one_out import leave_one_out_loop, with_and_withou
 from fedpoison.defenses.rejection import most_harmful
 from fedpoison.models.lr import LogisticRegression
 from fedpoison.tasks import Task
+from timing import timings_ms
 
 K, F, N_VAL = 100, 20, 100
 RULES = ("mean", "krum", "trimmed-mean", "median", "bulyan")
-
-
-def timings_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = np.empty(repeats)
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out[i] = (time.perf_counter() - start) * 1e3
-    return out
 
 
 def lr_mnist() -> tuple[Task, torch.Tensor, torch.Tensor, torch.Tensor]:

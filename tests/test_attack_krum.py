@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
 
+from attack_helpers import make_context
 from fedpoison.aggregators import krum_scores, krum_select, pairwise_sq_distances
-from fedpoison.attacks import MODEL_ATTACKS, AttackContext, AttackOptions
+from fedpoison.attacks import MODEL_ATTACKS, AttackContext
 from fedpoison.attacks.krum_attack import (
     KrumProblem,
     krum_attack_solution,
@@ -19,13 +19,6 @@ from fedpoison.attacks.krum_attack import (
 )
 
 M, C, D = 30, 6, 50
-
-
-@dataclass(frozen=True)
-class Options(AttackOptions):
-    """AttackOptions plus the direction estimator ("mean" default, "rule")."""
-
-    direction: str = "mean"
 
 
 def models(seed: int, m: int = M, d: int = D, step: float = 0.02,
@@ -41,18 +34,8 @@ def models(seed: int, m: int = M, d: int = D, step: float = 0.02,
 def context(w_re: torch.Tensor, W: torch.Tensor, c: int = C, *, knowledge: str = "full",
             f: int | None = None, seed: int = 1, benign: torch.Tensor | None = None,
             **options: object) -> AttackContext:
-    full = knowledge == "full"
-    return AttackContext(
-        compromised=W[:c],
-        benign=(W[c:] if benign is None else benign) if full or benign is not None else None,
-        w_re=w_re,
-        m=W.shape[0],
-        knowledge=knowledge,  # type: ignore[arg-type]
-        assumed_rule="krum",
-        f=c if f is None else f,
-        generator=torch.Generator().manual_seed(seed),
-        options=Options(**options),  # type: ignore[arg-type]
-    )
+    return make_context(w_re, W, rule="krum", c=c, knowledge=knowledge, f=f, seed=seed,
+                        benign=benign, **options)
 
 
 def brute_selects(w1: torch.Tensor, copies: int, others: torch.Tensor, f: int) -> bool:

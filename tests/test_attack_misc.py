@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
+from attack_helpers import make_context
 from fedpoison.aggregators import krum, median, trimmed_mean
-from fedpoison.attacks import MODEL_ATTACKS, AttackContext, AttackOptions, check_model_attack
+from fedpoison.attacks import MODEL_ATTACKS, AttackContext, check_model_attack
 from fedpoison.attacks.direction import direction, partial_direction
 
 M, C, D = 40, 8, 300
-
-
-@dataclass(frozen=True)
-class Options(AttackOptions):
-    """AttackOptions plus the direction estimator ("mean" default, "rule")."""
-
-    direction: str = "mean"
 
 
 def models(seed: int, m: int = M, d: int = D) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,18 +23,8 @@ def models(seed: int, m: int = M, d: int = D) -> tuple[torch.Tensor, torch.Tenso
 def context(w_re: torch.Tensor, W: torch.Tensor, rule: str = "gaussian", *,
             knowledge: str = "full", seed: int = 1, benign: torch.Tensor | None = None,
             c: int = C, **options: object) -> AttackContext:
-    full = knowledge == "full"
-    return AttackContext(
-        compromised=W[:c],
-        benign=(W[c:] if benign is None else benign) if full or benign is not None else None,
-        w_re=w_re,
-        m=W.shape[0],
-        knowledge=knowledge,  # type: ignore[arg-type]
-        assumed_rule=rule,
-        f=c,
-        generator=torch.Generator().manual_seed(seed),
-        options=Options(**options),  # type: ignore[arg-type]
-    )
+    return make_context(w_re, W, rule=rule, c=c, knowledge=knowledge, seed=seed,
+                        benign=benign, **options)
 
 
 def test_registry_names() -> None:

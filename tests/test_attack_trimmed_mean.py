@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
+from attack_helpers import make_context
 from fedpoison.aggregators import median, trimmed_mean
-from fedpoison.attacks import MODEL_ATTACKS, AttackContext, AttackOptions
+from fedpoison.attacks import MODEL_ATTACKS, AttackContext
 
 M, C, D = 30, 6, 400
 ESTIMATORS = ["mean", "rule"]
-
-
-@dataclass(frozen=True)
-class Options(AttackOptions):
-    """AttackOptions plus the direction estimator ("mean" default, "rule")."""
-
-    direction: str = "mean"
 
 
 def models(seed: int, m: int = M, d: int = D) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,19 +25,8 @@ def context(w_re: torch.Tensor, W: torch.Tensor, rule: str = "trimmed-mean", c: 
             knowledge: str = "full", f: int | None = None, beta: int | None = None,
             seed: int = 1, benign: torch.Tensor | None = None, **options: object
             ) -> AttackContext:
-    full = knowledge == "full"
-    return AttackContext(
-        compromised=W[:c],
-        benign=(W[c:] if benign is None else benign) if full or benign is not None else None,
-        w_re=w_re,
-        m=W.shape[0],
-        knowledge=knowledge,  # type: ignore[arg-type]
-        assumed_rule=rule,
-        f=c if f is None else f,
-        beta=beta,
-        generator=torch.Generator().manual_seed(seed),
-        options=Options(**options),  # type: ignore[arg-type]
-    )
+    return make_context(w_re, W, rule=rule, c=c, knowledge=knowledge, f=f, beta=beta,
+                        seed=seed, benign=benign, **options)
 
 
 def aggregate(rule: str, W: torch.Tensor, f: int, beta: int | None = None) -> torch.Tensor:
