@@ -46,8 +46,29 @@ def test_table_mean_std_and_paper(tmp_path: Path) -> None:
     assert "| krum | 0.110 ± 0.008 (paper 0.14) |" in md
     assert "0.610 ± 0.008 (paper 0.80)" in md
     lines = format_csv(spec, stats).splitlines()
-    assert lines[0] == "rule,attack,ours_mean,ours_std,trials,paper"
-    assert lines[5] == "krum,full,0.610000,0.008165,3,0.8"
+    assert lines[0] == "rule,attack,ours_mean,ours_std,trials,paper,non_finite"
+    assert lines[5] == "krum,full,0.610000,0.008165,3,0.8,0"
+    assert "†" not in md
+
+
+def test_non_finite_runs_are_marked(tmp_path: Path) -> None:
+    """A run whose final loss is stored as null (a model that overflowed) is flagged."""
+    spec = load_spec("table2a").effective(quick=True, trials=2)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        jobs, _, _ = plan_jobs(spec, store)
+        by_key = {p.key: p for p in spec.plan()}
+        points = spec.points()
+        for job in jobs:
+            labels = dict(points[by_key[job.key].point].labels)
+            result = synthetic_result(job.config, 0.2)
+            if labels == {"rule": "median", "attack": "full"} and by_key[job.key].trial == 1:
+                result["final_error"], result["final_loss"] = 1.0, float("inf")
+            store.put(job.key, result)
+        stats = collect(spec, store)
+    md = format_markdown(spec, stats)
+    assert "| 0.600 ± 0.400 †1 (paper 0.29) |" in md
+    assert md.count("†1") == 1 and "test cross-entropy was not finite" in md
+    assert format_csv(spec, stats).splitlines()[-1] == "median,full,0.600000,0.400000,2,0.29,1"
 
 
 def test_missing_runs_are_marked(tmp_path: Path) -> None:

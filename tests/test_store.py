@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import signal
@@ -39,6 +40,26 @@ def test_put_get_and_exactly_once(tmp_path: Path) -> None:
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     row = db.execute("SELECT version, executor, created_at FROM runs").fetchone()
     assert row[0] and row[1] == "local" and row[2]
+
+
+def test_non_finite_numbers_are_stored_as_null(tmp_path: Path) -> None:
+    """A diverged run (inf/NaN loss) is stored as standard JSON with nulls."""
+    key = RunConfig.from_dict(CFG).config_hash()
+    result = synthetic_result(CFG, 1.0)
+    result["final_loss"] = float("inf")
+    result["loss_curve"] = [[1, 2.5], [2, float("nan")], [3, float("-inf")]]
+    with ResultStore(tmp_path / "s.sqlite") as s:
+        s.put(key, result)
+        assert s.metrics([key], "final_loss") == {key: None}
+        assert s.metrics([key], "final_error") == {key: 1.0}
+    raw = sqlite3.connect(tmp_path / "s.sqlite").execute("SELECT result FROM runs").fetchone()[0]
+
+    def reject(name: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    stored = json.loads(raw, parse_constant=reject)
+    assert stored["final_loss"] is None
+    assert stored["loss_curve"] == [[1, 2.5], [2, None], [3, None]]
 
 
 def test_seed_is_part_of_the_key() -> None:

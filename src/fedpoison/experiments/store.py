@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import functools
 import json
+import math
 import socket
 import sqlite3
 import subprocess
@@ -93,7 +94,12 @@ class ResultStore:
 
     # ------------------------------------------------------------------ writes
     def put(self, key: str, result: dict[str, Any], *, executor: str = "") -> bool:
-        """Store one finished run (its own transaction); False if the key was already there."""
+        """Store one finished run (its own transaction); False if the key was already there.
+
+        Non-finite numbers (a diverged model's loss) are stored as null, so the result is
+        standard JSON and a null ``final_loss`` reads as "not finite".
+        """
+        result = _finite(result)
         if result.get("config_hash") != key:
             raise ProvenanceError(
                 f"run {key} came back with key {result.get('config_hash')}: the worker that ran "
@@ -231,3 +237,14 @@ def _columns(records: list[dict[str, Any]]) -> list[str]:
     if not records:
         return ["key", *CONFIG_FIELDS]
     return list(dict.fromkeys(k for r in records for k in r))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) inside it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

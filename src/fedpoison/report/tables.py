@@ -25,6 +25,7 @@ class PointStats:
     values: list[float]
     expected: int
     paper: float | None
+    non_finite: int = 0  # trials whose final test loss was not finite (stored as null)
 
     @property
     def mean(self) -> float:
@@ -48,6 +49,7 @@ class PointStats:
             "trials": len(self.values),
             "paper": self.paper,
             "values": self.values,
+            "non_finite": self.non_finite,
         })
         return out
 
@@ -57,14 +59,18 @@ def collect(spec: SweepSpec, store: ResultStore) -> list[PointStats]:
     points = spec.points()
     plan = spec.plan()
     metric = store.metrics((p.key for p in plan), spec.metric)
+    loss = store.metrics((p.key for p in plan), "final_loss")
     values: list[list[float]] = [[] for _ in points]
     expected = [0] * len(points)
+    non_finite = [0] * len(points)
     for p in plan:
         expected[p.point] += 1
         v = metric.get(p.key)
         if v is not None:
             values[p.point].append(float(v))
-    return [PointStats(pt, values[i], expected[i], _paper(spec, pt))
+        if p.key in loss and loss[p.key] is None:  # stored, with a non-finite loss
+            non_finite[p.point] += 1
+    return [PointStats(pt, values[i], expected[i], _paper(spec, pt), non_finite[i])
             for i, pt in enumerate(points)]
 
 
@@ -85,7 +91,13 @@ def _cell(s: PointStats) -> str:
     if not s.values:
         return f"– (paper {paper})"
     partial = f" [{len(s.values)}/{s.expected}]" if s.missing else ""
-    return f"{s.mean:.3f} ± {s.std:.3f}{partial} (paper {paper})"
+    mark = f" †{s.non_finite}" if s.non_finite else ""
+    return f"{s.mean:.3f} ± {s.std:.3f}{partial}{mark} (paper {paper})"
+
+
+NON_FINITE_NOTE = ("†n: in n trials the final global model's test cross-entropy was not finite "
+                   "(stored as null): its weights or logits overflowed; a model with non-finite "
+                   "logits gets every prediction wrong (error 1.0).")
 
 
 def format_markdown(spec: SweepSpec, stats: list[PointStats], note: str = "") -> str:
@@ -111,17 +123,20 @@ def format_markdown(spec: SweepSpec, stats: list[PointStats], note: str = "") ->
         lines.append("|---" * (len(head) + 1) + "|")
         for s in stats:
             lines.append("| " + " | ".join([*_labels(spec, s), _cell(s)]) + " |")
+    if any(s.non_finite for s in stats):
+        lines += ["", NON_FINITE_NOTE]
     return "\n".join(lines) + "\n"
 
 
 def format_csv(spec: SweepSpec, stats: list[PointStats]) -> str:
-    """One CSV line per point: its labels, ours_mean, ours_std, trials, paper."""
+    """One CSV line per point: its labels, ours_mean, ours_std, trials, paper, non_finite
+    (trials whose final test loss was not finite)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow([*_head(spec), "ours_mean", "ours_std", "trials", "paper"])
+    w.writerow([*_head(spec), "ours_mean", "ours_std", "trials", "paper", "non_finite"])
     for s in stats:
         w.writerow([*_labels(spec, s), "" if not s.values else f"{s.mean:.6f}", f"{s.std:.6f}",
-                    len(s.values), "" if s.paper is None else s.paper])
+                    len(s.values), "" if s.paper is None else s.paper, s.non_finite])
     return buf.getvalue()
 
 
