@@ -76,6 +76,30 @@ def test_attack_raises_error_on_krum(toy: Dataset) -> None:
     assert attacked.final_error > clean.final_error + 0.2
 
 
+def test_attack_diagnostics(toy: Dataset) -> None:
+    """The Krum attack reports its λ search, and the run whether Krum took a crafted model."""
+    assert run(small(rule="krum"), dataset=toy).diagnostics == {}
+    full = run(small(rule="krum", attack="krum"), dataset=toy).diagnostics
+    assert {name: st["n"] for name, st in full.items()} == {
+        "krum_copies": 30, "krum_lambda": 30, "krum_lambda_found": 30,
+        "krum_selected_crafted": 30}
+    assert full["krum_copies"]["min"] == full["krum_copies"]["max"] == 4  # c copies (Eq. 2)
+    assert full["krum_lambda_found"]["mean"] >= 0.5  # the attack's goal, most iterations
+    assert full["krum_selected_crafted"]["mean"] >= 0.5
+    assert full["krum_lambda"]["max"] > 0 and full["krum_lambda"]["min"] >= 0
+    partial = run(small(rule="krum", attack="krum", knowledge="partial"), dataset=toy).diagnostics
+    # Eq. 4 is solved over the compromised models only: it finds λ every time here, yet the
+    # real server (with the benign models) takes the crafted model in fewer iterations.
+    assert partial["krum_lambda_found"]["mean"] == 1.0
+    assert partial["krum_selected_crafted"]["mean"] < 0.5
+    some = run(small(rule="krum", attack="krum", poison_fraction=0.4), dataset=toy).diagnostics
+    assert some["krum_selected_crafted"]["n"] == some["krum_lambda"]["n"] == 12
+    transfer = run(small(rule="median", attack="krum"), dataset=toy).diagnostics
+    assert "krum_lambda" in transfer and "krum_selected_crafted" not in transfer
+    line = cli.diagnostics_line(full)
+    assert "Krum attack found λ in" in line and "/30 poisoned iterations" in line
+
+
 def test_label_flip_changes_only_compromised_training(toy: Dataset) -> None:
     a = run(small(rule="mean", attack="label-flip"), dataset=toy)
     b = run(small(rule="mean"), dataset=toy)
@@ -144,5 +168,5 @@ def test_cli_json_output(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
                      "--rule", "krum", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert {"final_error", "best_error", "curve", "seconds", "config"} <= set(out)
+    assert {"final_error", "best_error", "curve", "seconds", "config", "diagnostics"} <= set(out)
     assert out["config"]["rule"] == "krum" and out["curve"][-1][0] == 10

@@ -90,7 +90,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"aggregate {t['aggregate']:.2f}, evaluate {t['evaluate']:.2f}] | "
             f"config {result.config_hash}"
         )
+        line = diagnostics_line(result.diagnostics)
+        if line:
+            print(line)
     return 0
+
+
+def diagnostics_line(diagnostics: dict[str, dict[str, float]]) -> str:
+    """One human-readable line from ``RunResult.diagnostics`` ('' when there are none)."""
+    def count(name: str) -> str:
+        st = diagnostics[name]
+        return f"{round(st.get('mean', 0.0) * st['n'])}/{int(st['n'])}"
+
+    parts = []
+    if "krum_lambda_found" in diagnostics:
+        parts.append(f"Krum attack found λ in {count('krum_lambda_found')} poisoned iterations")
+    if "mean" in diagnostics.get("krum_lambda", {}):
+        parts.append(f"median λ {diagnostics['krum_lambda']['median']:.3g}")
+    if "mean" in diagnostics.get("krum_copies", {}):
+        parts.append(f"copies in the search {diagnostics['krum_copies']['median']:g}")
+    if "krum_selected_crafted" in diagnostics:
+        parts.append(f"Krum selected a crafted model in {count('krum_selected_crafted')}")
+    known = {"krum_lambda_found", "krum_lambda", "krum_copies", "krum_selected_crafted"}
+    for name, st in diagnostics.items():
+        if name not in known:
+            parts.append(f"{name} median {st['median']:.3g}" if "median" in st
+                         else f"{name}: no finite value")
+    return "; ".join(parts)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

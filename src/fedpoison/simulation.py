@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class RunResult:
     loss_curve: list[tuple[int, float]]
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
     version: str = __version__
 
     def to_json(self) -> dict[str, Any]:
@@ -71,10 +73,26 @@ class RunResult:
             "loss_curve": [[t, clean(v)] for t, v in self.loss_curve],
             "seconds": self.seconds,
             "timings": self.timings,
+            "diagnostics": self.diagnostics,
             "config": self.config,
             "config_hash": self.config_hash,
             "version": self.version,
         }
+
+
+def summarize_notes(notes: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per diagnostic: how many iterations reported it and the mean, median, min and max of
+    its values (for a 0/1 flag the mean is the fraction of those iterations where it held).
+    Non-finite values are left out of the statistics."""
+    out: dict[str, dict[str, float]] = {}
+    for name, values in sorted(notes.items()):
+        v = sorted(x for x in values if math.isfinite(x))
+        if not v:
+            out[name] = {"n": len(values)}
+            continue
+        out[name] = {"n": len(values), "mean": statistics.fmean(v),
+                     "median": statistics.median(v), "min": v[0], "max": v[-1]}
+    return out
 
 
 def poisoned_iterations(iterations: int, fraction: float, g: torch.Generator) -> Tensor:
@@ -188,6 +206,7 @@ def run(
     all_workers = torch.arange(m)
     curve: list[tuple[int, float]] = []
     loss_curve: list[tuple[int, float]] = []
+    notes: dict[str, list[float]] = {}
     timings["setup"] = time.perf_counter() - t_start
 
     bar = _progress_bar(cfg, progress)
@@ -200,9 +219,11 @@ def run(
         toc = time.perf_counter()
         timings["train"] += toc - tic
 
+        crafted: Tensor | None = None
         if craft is not None and attacked:
             rows = is_compromised[workers].to(device)
             if bool(rows.any()):
+                crafted = rows
                 ctx = AttackContext(
                     compromised=W[rows],
                     benign=W[~rows] if cfg.knowledge == "full" else None,
@@ -214,6 +235,7 @@ def run(
                     beta=cfg.beta,
                     generator=g_attack,
                     options=options,
+                    notes=notes,
                 )
                 W[rows] = craft(ctx).to(W.dtype)
             tic = time.perf_counter()
@@ -226,11 +248,15 @@ def run(
             keep = torch.ones(W.shape[0], dtype=torch.bool, device=W.device)
             keep[drop] = False
             W = W[keep]
+            crafted = None if crafted is None else crafted[keep]
             tic = time.perf_counter()
             timings["defense"] += tic - toc
             toc = tic
 
         w = aggregate(W, cfg.f)
+        if crafted is not None and cfg.rule == "krum":  # did Krum pick a crafted model?
+            notes.setdefault("krum_selected_crafted", []).append(
+                float(bool((W[crafted] == w).all(1).any())))
         tic = time.perf_counter()
         timings["aggregate"] += tic - toc
 
@@ -257,6 +283,7 @@ def run(
         loss_curve=loss_curve,
         seconds=time.perf_counter() - t_start,
         timings=timings,
+        diagnostics=summarize_notes(notes),
     )
 
 

@@ -40,6 +40,8 @@ class AttackContext:
     crafts against (it may differ from the server's: transferability, Section 4.3), ``f`` the
     server's assumed number of
     compromised workers (known to the attacker, Section 2.3), ``beta`` trimmed mean's β.
+    ``notes``, when given, collects per-iteration diagnostics an attack reports with
+    ``note`` (e.g. the Krum attack's λ); the simulation summarises them in its result.
     """
 
     compromised: Tensor
@@ -52,6 +54,12 @@ class AttackContext:
     generator: torch.Generator
     beta: int | None = None
     options: AttackOptions = field(default_factory=AttackOptions)
+    notes: dict[str, list[float]] | None = None
+
+    def note(self, name: str, value: float) -> None:
+        """Record one value of the diagnostic ``name`` (a no-op unless ``notes`` was given)."""
+        if self.notes is not None:
+            self.notes.setdefault(name, []).append(float(value))
 
     @property
     def c(self) -> int:

@@ -348,6 +348,9 @@ def krum_attack_solution(ctx: AttackContext) -> KrumAttackResult:
         else:
             s = partial_direction(ctx).to(w_re.device)
         solution = solve_partial_krum_lambda(ctx.compromised, w_re, s, threshold)
+    ctx.note("krum_lambda", solution.lam)
+    ctx.note("krum_lambda_found", solution.found)
+    ctx.note("krum_copies", solution.copies)
     w1 = (w_re.to(torch.float64) - solution.lam * s.to(torch.float64)).float()
     copies = sample_epsilon_ball(w1, c - 1, ctx.options.epsilon, ctx.generator)
     models = torch.cat([w1.unsqueeze(0), copies])
