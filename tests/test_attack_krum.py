@@ -86,7 +86,7 @@ def test_full_knowledge_krum_selects_w1(seed: int) -> None:
     assert krum_select(A, C) in pos.tolist()
     # What is actually sent (ε-copies): Krum picks a crafted row, so the global model is
     # within ε of w'₁. (Which crafted row wins is random: a copy's score differs from w'₁'s
-    # by 2δᵀΣ(w'₁ − w_l) = O(ε), larger than the O(ε²) terms; see docs/choices_attacks.md.)
+    # by 2δᵀΣ(w'₁ − w_l) = O(ε), larger than the O(ε²) terms; see docs/choices.md, "Krum attack".)
     A, pos = place(r.models, W[C:], seed)
     chosen = krum_select(A, C)
     assert chosen in pos.tolist()

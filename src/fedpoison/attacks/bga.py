@@ -49,7 +49,7 @@ _MAX_ABS = 2.0 ** (62 - RADIX_BITS - 8)
 
 @dataclass(frozen=True)
 class BGASettings:
-    """Every parameter that changes the poisoned points (defaults: docs/choices_bga.md).
+    """Every parameter that changes the poisoned points (defaults: docs/choices.md, BGA).
 
     ``budget`` is the number of poisoned points as a fraction of the victim's training set
     (paper: 240/6000 = 4%). ``inner_steps`` is T, ``inner_lr`` η and ``momentum`` γ of the

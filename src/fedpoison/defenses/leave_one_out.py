@@ -18,7 +18,7 @@ returns ``(A [d], B [k, d])`` with ``B[i] = rule(W without row i)``, sharing the
   else prefix(n). One [k, k] matrix of scores, one first-argmin per column;
 * Bulyan: a loop over i of Bulyan's repeated-Krum selection on submatrices of ONE distance
   matrix, then a sort of the θ selected rows per i (O(k) rule calls minus the Gram; Bulyan is
-  not in the paper's Table 6, see docs/choices_defenses.md).
+  not in the paper's Table 6, see docs/choices.md, "Defenses").
 
 Sums are formed from prefix and suffix sums, never by subtracting a model from a total, so a
 huge hostile value (say 1e30) cannot cancel away the benign values next to it. Coordinate

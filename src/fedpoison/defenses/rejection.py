@@ -9,7 +9,7 @@ validation set in ONE batched call ``ctx.evaluate([A; B_1; ...; B_k])``.
 * LFR drops the f models with the largest loss impact ``L_A - L_B_i`` (cross-entropy);
 * Union drops the models that either drops (between f and 2f models).
 
-Choices (docs/choices_defenses.md):
+Choices (docs/choices.md, "Defenses"):
 
 * ties in impact go to the smaller row index (a stable descending sort). Error rates on 100
   validation examples are multiples of 0.01, so ERR meets ties often; compromised workers

@@ -13,7 +13,7 @@ Layouts (k workers, B examples each):
 Why this and not ``torch.func.vmap`` over per-worker parameters: on CPU (oneDNN) a grouped
 convolution with k groups runs as fast as one convolution over all k·B examples with shared
 weights, while naive vmap of per-example convolutions is slower than a Python loop (issue 5,
-docs/choices_models.md). So the shared-weight structure of the first local round buys
+docs/choices.md, "Models"). So the shared-weight structure of the first local round buys
 nothing on top, and one code path serves shared and diverged weights.
 
 The per-worker Python loop (:func:`reference_batched_grad`) is kept as the reference the tests

@@ -149,7 +149,7 @@ class CNN(AutogradReference):
         handful of blocks, not a loop over workers) so that the first layer's large
         activations stay in cache; beyond the memory budget likewise. The same code serves
         shared and diverged weights: a grouped convolution costs the same as a shared-weight
-        one on oneDNN (docs/choices_models.md), so ``shared`` is not needed for speed.
+        one on oneDNN (docs/choices.md, "Models"), so ``shared`` is not needed for speed.
         """
         k, B = y.shape
         G = torch.empty_like(W)

@@ -8,7 +8,7 @@ He et al.'s option A (parameter-free: subsample by 2, append zero channels). Glo
 pooling and one fully connected layer to L classes. Convolutions have no bias and padding 1,
 so any input size works: CH-MNIST 1×64×64 runs the stages at 64², 32² and 16².
 
-BatchNorm under federated batching (see also docs/choices_models.md):
+BatchNorm under federated batching (see also docs/choices.md, "Models"):
 
 * training uses each worker's own batch statistics (per worker and channel, over its real
   examples and all positions; padding excluded) — what one device training alone computes;
