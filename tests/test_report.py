@@ -46,8 +46,8 @@ def test_table_mean_std_and_paper(tmp_path: Path) -> None:
     assert "| krum | 0.110 ± 0.008 (paper 0.14) |" in md
     assert "0.610 ± 0.008 (paper 0.80)" in md
     lines = format_csv(spec, stats).splitlines()
-    assert lines[0] == "rule,attack,ours_mean,ours_std,trials,paper,non_finite"
-    assert lines[5] == "krum,full,0.610000,0.008165,3,0.8,0"
+    assert lines[0] == "rule,attack,ours_mean,ours_std,trials,paper,non_finite,other_version"
+    assert lines[5] == "krum,full,0.610000,0.008165,3,0.8,0,0"
     assert "†" not in md
 
 
@@ -68,7 +68,36 @@ def test_non_finite_runs_are_marked(tmp_path: Path) -> None:
     md = format_markdown(spec, stats)
     assert "| 0.600 ± 0.400 †1 (paper 0.29) |" in md
     assert md.count("†1") == 1 and "test cross-entropy was not finite" in md
-    assert format_csv(spec, stats).splitlines()[-1] == "median,full,0.600000,0.400000,2,0.29,1"
+    assert format_csv(spec, stats).splitlines()[-1] == "median,full,0.600000,0.400000,2,0.29,1,0"
+
+
+def test_runs_of_another_source_version(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a code change the stored runs no longer match their keys: the table says so,
+    and --any-version uses them, marked."""
+    import fedpoison.provenance as provenance
+
+    spec = load_spec("table2a").effective(quick=True, trials=2)
+    store_path = tmp_path / "s.sqlite"
+    with ResultStore(store_path) as store:
+        monkeypatch.setattr(provenance, "code_fingerprint", lambda: "old-source")
+        old = load_spec("table2a").effective(quick=True, trials=2)
+        fill(old, store, skip=2)  # runs 3..30 by the old source
+        monkeypatch.undo()
+        fill(spec, store, skip=29)  # run 30 also by this source; runs 1 and 2 by neither
+        strict = collect(spec, store)
+        loose = collect(spec, store, any_version=True)
+    assert sum(len(s.values) for s in strict) == 1
+    assert sum(s.elsewhere for s in strict) == 27 and sum(s.missing for s in strict) == 29
+    md = format_markdown(spec, strict)
+    assert "29 run(s) not in the store yet" in md and "27 of them are stored as computed by" in md
+    assert sum(len(s.values) for s in loose) == 28  # this source's run 30 is preferred
+    assert sum(s.other_version for s in loose) == 27
+    krum_full = next(s for s in loose if s.point.labels == (("rule", "krum"), ("attack", "full")))
+    assert krum_full.values == pytest.approx([0.6, 0.61]) and krum_full.other_version == 2
+    md = format_markdown(spec, loose)
+    assert "0.605 ± 0.005 ‡2 (paper 0.80)" in md and "another version of fedpoison" in md
+    assert format_csv(spec, loose).splitlines()[5].endswith(",0,2")
 
 
 def test_missing_runs_are_marked(tmp_path: Path) -> None:

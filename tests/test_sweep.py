@@ -250,4 +250,4 @@ def test_reproduce_reads_the_store_and_keeps_its_json_format(
     md = (out / "table2a-quick.md").read_text()
     assert "REDUCED RUN (--quick: iterations=200)" in md and "(paper 0.72)" in md
     assert (out / "table2a-quick.csv").read_text().startswith(
-        "rule,attack,ours_mean,ours_std,trials,paper,non_finite")
+        "rule,attack,ours_mean,ours_std,trials,paper,non_finite,other_version")

@@ -48,6 +48,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", default=str(Path("results") / "report"),
                    help="folder for tables and PNGs (default results/report)")
     p.add_argument("--json", action="store_true", help="print the points as JSON")
+    p.add_argument("--any-version", action="store_true",
+                   help="also use runs of the same config computed by another version of the "
+                        "package source (marked ‡ in the tables)")
     p.set_defaults(func=_cmd_report)
 
 
@@ -115,7 +118,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
             wanted = [(r["name"], r["spec"].get("kind") == "figure" or "panels" in r["spec"])
                       for r in recorded]
         specs = [(_resolve(name, store, args), plot) for name, plot in wanted]
-        results = [(spec, collect(spec, store), plot) for spec, plot in specs]
+        results = [(spec, collect(spec, store, args.any_version), plot)
+                   for spec, plot in specs]
     dump = []
     for spec, stats, plot in results:
         note = note_for(spec)

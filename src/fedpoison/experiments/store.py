@@ -171,6 +171,20 @@ class ResultStore:
             out.update({k: v for k, v in self._db.execute(q, chunk)})
         return out
 
+    def keys_by_config(self, configs: Iterable[str]) -> dict[str, str]:
+        """For each config JSON among ``configs`` (a resolved config's ``to_dict()`` dumped
+        with sorted keys, as ``put`` stores it): the key of its newest stored run, whatever
+        the key. A key other than the one this code computes means the run was computed by
+        another version of the package source (the key hashes config and source)."""
+        out: dict[str, str] = {}
+        wanted = list(dict.fromkeys(configs))
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            q = (f"SELECT config, key FROM runs WHERE config IN ({','.join('?' * len(chunk))})"
+                 " ORDER BY created_at, key")
+            out.update({c: k for c, k in self._db.execute(q, chunk)})  # newest wins
+        return out
+
     def sweeps(self) -> list[dict[str, Any]]:
         """Recorded sweeps: name, spec, options, runs, updated_at."""
         rows = self._db.execute("SELECT name, spec, options, runs, updated_at FROM sweeps "

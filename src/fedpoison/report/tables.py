@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ class PointStats:
     expected: int
     paper: float | None
     non_finite: int = 0  # trials whose final test loss was not finite (stored as null)
+    other_version: int = 0  # trials shown that another version of the source computed
+    elsewhere: int = 0  # missing trials that another version computed (not shown)
 
     @property
     def mean(self) -> float:
@@ -50,28 +53,52 @@ class PointStats:
             "paper": self.paper,
             "values": self.values,
             "non_finite": self.non_finite,
+            "other_version": self.other_version,
         })
         return out
 
 
-def collect(spec: SweepSpec, store: ResultStore) -> list[PointStats]:
-    """One PointStats per grid point of ``spec`` (effective), read from ``store``."""
+def collect(spec: SweepSpec, store: ResultStore, any_version: bool = False
+            ) -> list[PointStats]:
+    """One PointStats per grid point of ``spec`` (effective), read from ``store``.
+
+    A run's key hashes its config and the package source, so after any change to the code
+    the runs stored before it no longer match. They are found by their config instead and
+    counted (``elsewhere``); with ``any_version`` they are used, and counted as
+    ``other_version``, so that a table says which of its numbers another version computed.
+    """
     points = spec.points()
     plan = spec.plan()
-    metric = store.metrics((p.key for p in plan), spec.metric)
-    loss = store.metrics((p.key for p in plan), "final_loss")
-    values: list[list[float]] = [[] for _ in points]
-    expected = [0] * len(points)
-    non_finite = [0] * len(points)
+    keys = {p.key: p.key for p in plan}
+    metric = store.metrics(keys, spec.metric)
+    missing = [p for p in plan if p.key not in metric]
+    if missing:
+        text = {p.key: json.dumps(p.config.resolved().to_dict(), sort_keys=True)
+                for p in missing}
+        found = store.keys_by_config(text.values())
+        other = {k: found[c] for k, c in text.items() if c in found}
+        if any_version:
+            keys.update(other)
+            metric.update(store.metrics(other.values(), spec.metric))
+    else:
+        other = {}
+    loss = store.metrics(keys.values(), "final_loss")
+    stats = [PointStats(pt, [], 0, _paper(spec, pt)) for pt in points]
     for p in plan:
-        expected[p.point] += 1
-        v = metric.get(p.key)
+        s = stats[p.point]
+        s.expected += 1
+        key = keys[p.key]
+        v = metric.get(key)
         if v is not None:
-            values[p.point].append(float(v))
-        if p.key in loss and loss[p.key] is None:  # stored, with a non-finite loss
-            non_finite[p.point] += 1
-    return [PointStats(pt, values[i], expected[i], _paper(spec, pt), non_finite[i])
-            for i, pt in enumerate(points)]
+            s.values.append(float(v))
+        if key in loss and loss[key] is None:  # stored, with a non-finite loss
+            s.non_finite += 1
+        if p.key in other:
+            if any_version:
+                s.other_version += 1
+            else:
+                s.elsewhere += 1
+    return stats
 
 
 def _paper(spec: SweepSpec, point: Point) -> float | None:
@@ -92,12 +119,15 @@ def _cell(s: PointStats) -> str:
         return f"– (paper {paper})"
     partial = f" [{len(s.values)}/{s.expected}]" if s.missing else ""
     mark = f" †{s.non_finite}" if s.non_finite else ""
+    mark += f" ‡{s.other_version}" if s.other_version else ""
     return f"{s.mean:.3f} ± {s.std:.3f}{partial}{mark} (paper {paper})"
 
 
 NON_FINITE_NOTE = ("†n: in n trials the final global model's test cross-entropy was not finite "
                    "(stored as null): its weights or logits overflowed; a model with non-finite "
                    "logits gets every prediction wrong (error 1.0).")
+OTHER_VERSION_NOTE = ("‡n: n trials were computed by another version of fedpoison's source "
+                      "(same config; shown because of --any-version).")
 
 
 def format_markdown(spec: SweepSpec, stats: list[PointStats], note: str = "") -> str:
@@ -107,6 +137,10 @@ def format_markdown(spec: SweepSpec, stats: list[PointStats], note: str = "") ->
     if missing:
         note = (note + " " if note else "") + (
             f"{missing} run(s) not in the store yet; [n/N] marks cells with fewer trials.")
+    elsewhere = sum(s.elsewhere for s in stats)
+    if elsewhere:
+        note += (f" {elsewhere} of them are stored as computed by another version of "
+                 "fedpoison's source: `fedpoison report --any-version` shows them, marked.")
     if note:
         lines += [note, ""]
     if is_grid(spec):
@@ -125,18 +159,23 @@ def format_markdown(spec: SweepSpec, stats: list[PointStats], note: str = "") ->
             lines.append("| " + " | ".join([*_labels(spec, s), _cell(s)]) + " |")
     if any(s.non_finite for s in stats):
         lines += ["", NON_FINITE_NOTE]
+    if any(s.other_version for s in stats):
+        lines += ["", OTHER_VERSION_NOTE]
     return "\n".join(lines) + "\n"
 
 
 def format_csv(spec: SweepSpec, stats: list[PointStats]) -> str:
     """One CSV line per point: its labels, ours_mean, ours_std, trials, paper, non_finite
-    (trials whose final test loss was not finite)."""
+    (trials whose final test loss was not finite), other_version (trials computed by another
+    version of the source, with ``--any-version``)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow([*_head(spec), "ours_mean", "ours_std", "trials", "paper", "non_finite"])
+    w.writerow([*_head(spec), "ours_mean", "ours_std", "trials", "paper", "non_finite",
+                "other_version"])
     for s in stats:
         w.writerow([*_labels(spec, s), "" if not s.values else f"{s.mean:.6f}", f"{s.std:.6f}",
-                    len(s.values), "" if s.paper is None else s.paper, s.non_finite])
+                    len(s.values), "" if s.paper is None else s.paper, s.non_finite,
+                    s.other_version])
     return buf.getvalue()
 
 
