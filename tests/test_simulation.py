@@ -78,11 +78,12 @@ def test_attack_raises_error_on_krum(toy: Dataset) -> None:
 
 def test_attack_diagnostics(toy: Dataset) -> None:
     """The Krum attack reports its λ search, and the run whether Krum took a crafted model."""
-    assert run(small(rule="krum"), dataset=toy).diagnostics == {}
+    clean = run(small(rule="krum"), dataset=toy).diagnostics
+    assert list(clean) == ["against_mean_direction"] and clean["against_mean_direction"]["n"] == 30
     full = run(small(rule="krum", attack="krum"), dataset=toy).diagnostics
     assert {name: st["n"] for name, st in full.items()} == {
-        "krum_copies": 30, "krum_lambda": 30, "krum_lambda_found": 30,
-        "krum_selected_crafted": 30}
+        "against_mean_direction": 30, "krum_copies": 30, "krum_lambda": 30,
+        "krum_lambda_found": 30, "krum_selected_crafted": 30}
     assert full["krum_copies"]["min"] == full["krum_copies"]["max"] == 4  # c copies (Eq. 2)
     assert full["krum_lambda_found"]["mean"] >= 0.5  # the attack's goal, most iterations
     assert full["krum_selected_crafted"]["mean"] >= 0.5
@@ -98,6 +99,21 @@ def test_attack_diagnostics(toy: Dataset) -> None:
     assert "krum_lambda" in transfer and "krum_selected_crafted" not in transfer
     line = cli.diagnostics_line(full)
     assert "Krum attack found λ in" in line and "/30 poisoned iterations" in line
+
+
+def test_against_mean_direction(toy: Dataset) -> None:
+    """Share of parameters where the global model moved against the honest local models'
+    mean: none under the mean rule, more under every model-poisoning attack than without."""
+    def share(**kw: object) -> float:
+        return run(small(**kw), dataset=toy).diagnostics["against_mean_direction"]["mean"]
+
+    assert share(rule="mean") < 0.02  # the mean moves with the mean (up to rounding)
+    for rule in ("krum", "trimmed-mean", "median"):
+        clean = share(rule=rule)
+        for knowledge in ("partial", "full"):
+            # measured on this toy: +0.05 (median, partial) to +0.47 (Krum, full)
+            assert share(rule=rule, attack=rule, knowledge=knowledge) > clean + 0.03, (
+                rule, knowledge)
 
 
 def test_label_flip_changes_only_compromised_training(toy: Dataset) -> None:

@@ -111,7 +111,12 @@ def diagnostics_line(diagnostics: dict[str, dict[str, float]]) -> str:
         parts.append(f"copies in the search {diagnostics['krum_copies']['median']:g}")
     if "krum_selected_crafted" in diagnostics:
         parts.append(f"Krum selected a crafted model in {count('krum_selected_crafted')}")
-    known = {"krum_lambda_found", "krum_lambda", "krum_copies", "krum_selected_crafted"}
+    if "mean" in diagnostics.get("against_mean_direction", {}):
+        parts.append("the global model moved against the local models' mean direction in "
+                     f"{diagnostics['against_mean_direction']['mean']:.1%} of parameters "
+                     "(mean over iterations)")
+    known = {"krum_lambda_found", "krum_lambda", "krum_copies", "krum_selected_crafted",
+             "against_mean_direction"}
     for name, st in diagnostics.items():
         if name not in known:
             parts.append(f"{name} median {st['median']:.3g}" if "median" in st

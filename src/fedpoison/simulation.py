@@ -219,6 +219,9 @@ def run(
         toc = time.perf_counter()
         timings["train"] += toc - tic
 
+        # The direction the local models moved before any attack (their mean), for the
+        # against_mean_direction diagnostic.
+        mean_direction = torch.sign(W.mean(0) - w)
         crafted: Tensor | None = None
         if craft is not None and attacked:
             rows = is_compromised[workers].to(device)
@@ -253,7 +256,11 @@ def run(
             timings["defense"] += tic - toc
             toc = tic
 
-        w = aggregate(W, cfg.f)
+        w_prev, w = w, aggregate(W, cfg.f)
+        moved = mean_direction != 0
+        notes.setdefault("against_mean_direction", []).append(
+            float((torch.sign(w - w_prev)[moved] != mean_direction[moved]).float().mean())
+            if bool(moved.any()) else math.nan)
         if crafted is not None and cfg.rule == "krum":  # did Krum pick a crafted model?
             notes.setdefault("krum_selected_crafted", []).append(
                 float(bool((W[crafted] == w).all(1).any())))
