@@ -13,74 +13,28 @@ completion order; it never writes the store.
 from __future__ import annotations
 
 import os
-import traceback
-from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any
 
 from fedpoison.errors import ConfigError
 from fedpoison.experiments.worker import (
     DatasetCache,
+    Executor,
+    Job,
     Loader,
+    Outcome,
     Runner,
-    dataset_key,
+    call,
     execute,
     load_dataset,
 )
 
+__all__ = ["EXECUTORS", "Executor", "Job", "LocalExecutor", "Outcome", "ProcessExecutor",
+           "make_executor"]
+
 EXECUTORS = ("local", "process", "ray")
-
-
-@dataclass(frozen=True)
-class Job:
-    """One run to execute: its store key and its config (a ``RunConfig.to_dict()``)."""
-
-    key: str
-    config: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A finished job: ``result`` (the run's JSON) or ``error`` (a formatted traceback)."""
-
-    job: Job
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    attempts: int = 1
-
-
-class Executor(ABC):
-    """Runs jobs and yields their outcomes as they finish."""
-
-    name: str = ""
-
-    @abstractmethod
-    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
-        """Yield one Outcome per job, in completion order."""
-
-    def close(self) -> None:
-        """Release workers (called once the sweep is done or interrupted)."""
-        return None
-
-    def describe(self) -> str:
-        return self.name
-
-    def __enter__(self) -> Executor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _call(runner: Runner, cache: DatasetCache, job: Job) -> Outcome:
-    try:
-        ds = cache.get(dataset_key(job.config), dataset_key(job.config))
-        return Outcome(job, result=runner(job.config, ds))
-    except Exception:  # reported per run; the sweep goes on with the others
-        return Outcome(job, error=traceback.format_exc())
 
 
 class LocalExecutor(Executor):
@@ -94,7 +48,7 @@ class LocalExecutor(Executor):
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         for job in jobs:
-            yield _call(self._runner, self._cache, job)
+            yield call(self._runner, self._cache, job)
 
 
 # ------------------------------------------------------------------ process pool
@@ -110,7 +64,7 @@ def _init_process(runner: Runner, loader: Loader, threads: int) -> None:
 
 
 def _process_job(job: Job) -> Outcome:
-    return _call(_PROCESS_STATE["runner"], _PROCESS_STATE["cache"], job)
+    return call(_PROCESS_STATE["runner"], _PROCESS_STATE["cache"], job)
 
 
 class ProcessExecutor(Executor):

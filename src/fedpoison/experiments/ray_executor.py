@@ -19,10 +19,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fedpoison.errors import ConfigError
-from fedpoison.experiments.executors import Executor, Job, Outcome
 from fedpoison.experiments.worker import (
     DatasetCache,
+    Executor,
+    Job,
     Loader,
+    Outcome,
     Runner,
     dataset_key,
     execute,

@@ -7,8 +7,11 @@ seed for them), the other datasets are split by the run's seed.
 
 from __future__ import annotations
 
+import traceback
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fedpoison.data import Dataset
@@ -75,3 +78,52 @@ def synthetic_result(config: Mapping[str, Any], error: float, seconds: float = 0
         "loss_curve": [[resolved.iterations, error]], "seconds": seconds, "timings": {},
         "config": resolved.to_dict(), "config_hash": cfg.config_hash(), "version": __version__,
     }
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to execute: its store key and its config (a ``RunConfig.to_dict()``)."""
+
+    key: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished job: ``result`` (the run's JSON) or ``error`` (a formatted traceback)."""
+
+    job: Job
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    attempts: int = 1
+
+
+class Executor(ABC):
+    """Runs jobs and yields their outcomes as they finish."""
+
+    name: str = ""
+
+    @abstractmethod
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        """Yield one Outcome per job, in completion order."""
+
+    def close(self) -> None:
+        """Release workers (called once the sweep is done or interrupted)."""
+        return None
+
+    def describe(self) -> str:
+        return self.name
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def call(runner: Runner, cache: DatasetCache, job: Job) -> Outcome:
+    try:
+        ds = cache.get(dataset_key(job.config), dataset_key(job.config))
+        return Outcome(job, result=runner(job.config, ds))
+    except Exception:  # reported per run; the sweep goes on with the others
+        return Outcome(job, error=traceback.format_exc())

@@ -14,16 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from fedpoison.errors import ConfigError
+from fedpoison.experiments.presets import DEFAULT_STORE, preset_names
 
 
 def add_commands(sub: Any) -> None:
     """Register the experiment sub-commands on the top-level parser."""
-    from fedpoison.experiments.presets import (
-        add_executor_options,
-        add_reproduce_command,
-        add_spec_options,
-    )
-
     add_reproduce_command(sub)
 
     p = sub.add_parser("sweep", help="run every config of a sweep spec into the results store")
@@ -55,7 +50,6 @@ def add_commands(sub: Any) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from fedpoison.experiments.presets import executor_from_args, report_failures
     from fedpoison.experiments.spec import load_spec
     from fedpoison.experiments.store import ResultStore
     from fedpoison.experiments.sweep import plan_jobs, run_sweep
@@ -100,8 +94,8 @@ def _resolve(name: str, store: Any, args: argparse.Namespace) -> Any:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from fedpoison.experiments.presets import note_for, write_outputs
     from fedpoison.experiments.store import ResultStore
+    from fedpoison.report.outputs import note_for, write_outputs
     from fedpoison.report.tables import collect, format_markdown
 
     out = Path(args.out)
@@ -132,3 +126,87 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dump))
     return 0
+
+
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """--store, --executor, --jobs, --address, --max-retries."""
+    from fedpoison.experiments.executors import EXECUTORS
+
+    g = p.add_argument_group("execution")
+    g.add_argument("--store", default=str(DEFAULT_STORE),
+                   help=f"results store (SQLite file; default {DEFAULT_STORE})")
+    g.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: this process (default); process: a process pool on this "
+                        "machine; ray: Ray tasks")
+    g.add_argument("--jobs", type=int, default=None,
+                   help="process pool size / CPUs of a local Ray instance (default: all cores)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join: 'auto' or ray://HOST:PORT (default: start a local "
+                        "instance)")
+    g.add_argument("--max-retries", type=int, default=3,
+                   help="times a run is retried when its worker process dies (default 3)")
+
+
+def add_spec_options(p: argparse.ArgumentParser, what: str = "run") -> None:
+    p.add_argument("--trials", type=int, default=None,
+                   help="trials per point (seeds 0..N-1; default: the spec's)")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced run with the spec's 'quick' overrides (labelled as such)")
+    p.add_argument("--variant", default=None,
+                   help="the spec's variant (figures: lr, the default, or dnn)")
+
+
+def executor_from_args(args: argparse.Namespace) -> Any:
+    from fedpoison.experiments.executors import make_executor
+
+    return make_executor(args.executor, jobs=args.jobs, address=args.address,
+                         max_retries=args.max_retries)
+
+
+def report_failures(failed: list[tuple[str, str]]) -> None:
+    for key, error in failed[:3]:
+        print(f"run {key} failed:\n{error.rstrip()}", file=sys.stderr)
+    if len(failed) > 3:
+        print(f"... and {len(failed) - 3} more failed runs", file=sys.stderr)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from fedpoison.experiments.presets import load_preset
+    from fedpoison.experiments.store import ResultStore
+    from fedpoison.experiments.sweep import run_sweep
+    from fedpoison.report.outputs import note_for, write_outputs
+    from fedpoison.report.tables import collect, format_markdown
+
+    spec = load_preset(args.name).effective(trials=args.trials, quick=args.quick,
+                                            variant=args.variant)
+    spec.plan()  # validate every run before opening the store or starting an executor
+    executor = executor_from_args(args)
+    with ResultStore(args.store) as store:
+        outcome = run_sweep(spec, store, executor, progress=not args.json)
+        stats = collect(spec, store)
+    note = note_for(spec, outcome.seconds, outcome.skipped)
+    out = Path(args.out) if args.out else Path("results") / spec.record_name
+    written = write_outputs(spec, stats, out, note, plot=spec.kind == "figure")
+    if args.json:
+        print(json.dumps([s.to_json() for s in stats]))
+    else:
+        print(format_markdown(spec, stats, note))
+        print(f"written: {', '.join(str(p) for p in written)}; store: {args.store}",
+              file=sys.stderr)
+    if outcome.failed:
+        report_failures(outcome.failed)
+        return 1
+    return 0
+
+
+def add_reproduce_command(sub: Any) -> None:
+    """``fedpoison reproduce NAME [--trials N] [--quick] [--json] [--out DIR] ...``."""
+    p = sub.add_parser("reproduce", help="run a table or figure of the paper, ours beside "
+                                         "the paper's")
+    p.add_argument("name", help=f"preset: {', '.join(preset_names())}")
+    add_spec_options(p)
+    p.add_argument("--json", action="store_true", help="print the cells as a JSON list")
+    p.add_argument("--out", default=None,
+                   help="folder for the Markdown/CSV tables and PNGs (default results/NAME)")
+    add_executor_options(p)
+    p.set_defaults(func=_cmd_reproduce)

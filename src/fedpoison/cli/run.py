@@ -1,30 +1,16 @@
-"""The ``fedpoison`` command.
-
-    fedpoison run --dataset mnist --model lr --rule krum --attack krum --knowledge partial
-    fedpoison reproduce table2a --trials 3
-
-Invalid values print one line that names the option and its allowed range and exit with 2.
-"""
+"""``fedpoison run`` and ``fedpoison demo``: one run from command-line options."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import sys
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (no usage dump, no traceback)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+from fedpoison.cli.common import number
 
 
 def _field_type(hint: Any) -> type:
@@ -32,17 +18,6 @@ def _field_type(hint: Any) -> type:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
-
-
-def _number(kind: type, option: str) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            return kind(text)
-        except ValueError:
-            word = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{option} must be {word}, got {text!r}") from None
-
-    return parse
 
 
 def add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
@@ -58,10 +33,10 @@ def add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()
         kind = _field_type(hints[f.name])
         default = f.default
         shown = "dataset/model default" if default is None else repr(default)
-        conv = _number(kind, option) if kind in (int, float) else kind
+        conv = number(kind, option) if kind in (int, float) else kind
         group.add_argument(option, dest=f.name, type=conv, default=default,
                            help=f"(default: {shown})")
-    group.add_argument("--workers-per-iteration", dest="sample", type=_number(int, "--sample"),
+    group.add_argument("--workers-per-iteration", dest="sample", type=number(int, "--sample"),
                        help="alias of --sample")
 
 
@@ -130,18 +105,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fedpoison", description=__doc__.split("\n\n")[0])
-    from fedpoison import __version__
-
-    parser.add_argument("--version", action="version", version=f"fedpoison {__version__}")
-    parser.add_argument(
-        "--threads", type=_number(int, "--threads"), default=None,
-        help="torch CPU threads (default: torch's choice). Results do not depend on it; on a "
-        "busy machine 1 thread can be several times faster for LR runs",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def add_run_commands(sub: Any) -> None:
+    """``run`` and ``demo``."""
     p_run = sub.add_parser("run", help="simulate one federated-learning run")
     add_config_options(p_run)
     p_run.add_argument("--json", action="store_true", help="print one JSON object")
@@ -150,40 +115,3 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_demo = sub.add_parser("demo", help="the main job on an embedded default dataset")
     p_demo.set_defaults(func=_cmd_demo)
-
-    from fedpoison.experiments.cli import add_commands
-
-    add_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from fedpoison.errors import ConfigError, DataError, ProvenanceError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            print("fedpoison: error: --threads: must be >= 1", file=sys.stderr)
-            return EXIT_USAGE
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
-        return int(args.func(args))
-    except ConfigError as e:
-        print(f"fedpoison: error: --{e.field.replace('_', '-')}: {e.message}", file=sys.stderr)
-        return EXIT_USAGE
-    except DataError as e:
-        print(f"fedpoison: data error: {e}", file=sys.stderr)
-        return 1
-    except ProvenanceError as e:
-        print(f"fedpoison: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("fedpoison: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
