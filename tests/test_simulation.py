@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fedpoison import cli
+from fedpoison.cli import run as cli
 from fedpoison.config import RunConfig
 from fedpoison.data.base import Dataset
 from fedpoison.errors import ConfigError
