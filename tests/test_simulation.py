@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from fedpoison.cli import run as cli
+from fedpoison import cli
+from fedpoison.cli.run import diagnostics_line
 from fedpoison.config import RunConfig
 from fedpoison.data.base import Dataset
 from fedpoison.errors import ConfigError
@@ -97,7 +98,7 @@ def test_attack_diagnostics(toy: Dataset) -> None:
     assert some["krum_selected_crafted"]["n"] == some["krum_lambda"]["n"] == 12
     transfer = run(small(rule="median", attack="krum"), dataset=toy).diagnostics
     assert "krum_lambda" in transfer and "krum_selected_crafted" not in transfer
-    line = cli.diagnostics_line(full)
+    line = diagnostics_line(full)
     assert "Krum attack found λ in" in line and "/30 poisoned iterations" in line
 
 
