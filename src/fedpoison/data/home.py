@@ -20,6 +20,9 @@ from pathlib import Path
 ENV_DATA = "FEDPOISON_DATA"
 """Environment variable that overrides the data home."""
 
+ENV_CACHE = "FEDPOISON_CACHE"
+"""Environment variable that overrides the cache folder (derived files we may recompute)."""
+
 SUBDIRS: dict[str, str] = {
     "mnist": "mnist",
     "fashion-mnist": "fashion-mnist",
@@ -47,9 +50,26 @@ def data_home() -> Path:
     explicit = os.environ.get(ENV_DATA, "")
     if explicit:
         return _absolute(Path(explicit))
+    return _absolute(_user_cache() / "fedpoison")
+
+
+def _user_cache() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME", "")
-    cache = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return _absolute(cache / "fedpoison")
+    return Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+
+
+def cache_home() -> Path:
+    """Return the cache folder: ``$FEDPOISON_CACHE`` if set and non-empty, else
+    ``<user cache>/fedpoison-cache``.
+
+    It holds files fedpoison derives and can recompute (decoded datasets, generated poison
+    sets), never input data, and is never inside the data home: the data home is input and
+    may be a shared read-only copy. Not created here; writers create what they need.
+    """
+    explicit = os.environ.get(ENV_CACHE, "")
+    if explicit:
+        return _absolute(Path(explicit))
+    return _absolute(_user_cache() / "fedpoison-cache")
 
 
 def dataset_dir(name: str, home: Path | None = None) -> Path:
