@@ -54,7 +54,7 @@ def setup(
     y = torch.randint(10, (m, batch), generator=g)
     mask = torch.ones(m, batch, dtype=torch.bool)
     fns: dict[str, Callable[[], object]] = {
-        "batched": lambda: model.batched_grad(W, x, y, mask, shared=not diverged),
+        "batched": lambda: model.batched_grad(W, x, y, mask),
         "loop": lambda: reference_batched_grad(model, W, x, y, mask),
         "vmap": lambda: naive_vmap_grad(model.reference_logits, W, x, y),
     }

@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedpoison import registry
 from fedpoison.aggregators import (
-    AGGREGATORS,
     bulyan,
     bulyan_select,
     check_aggregator,
@@ -29,6 +29,10 @@ from fedpoison.aggregators import (
     sort_workers,
     trimmed_mean,
 )
+
+#: The paper's rules (registered in their own modules), by name.
+PAPER_RULES = ("mean", "krum", "bulyan", "trimmed-mean", "median")
+AGGREGATORS = {name: registry.get("rule", name).impl for name in PAPER_RULES}
 
 FAST = settings(max_examples=30, deadline=None, derandomize=True)
 
@@ -498,15 +502,25 @@ def test_preconditions_raise(
 ) -> None:
     W = torch.zeros((m, 3), dtype=torch.float32)
     direct = AGGREGATORS[name]
-    for call in (
-        lambda: direct(W, f, **options),
-        lambda: check_aggregator(name, m, f, **options),
-    ):
-        with pytest.raises(ValueError) as err:
-            call()
-        msg = str(err.value)
-        for word in [name, f"m={m}", f"f={f}", *words]:
-            assert word in msg, (word, msg)
+    with pytest.raises(ValueError) as err:
+        direct(W, f, **options)
+    for word in [name, f"m={m}", f"f={f}", *words]:
+        assert word in str(err.value), (word, str(err.value))
+    spec = registry.get("rule", name)
+    in_range = True
+    for key, value in options.items():
+        try:
+            spec.option(key).check(value, spec.label)
+        except ValueError:
+            in_range = False
+    with pytest.raises(ValueError) as err:
+        check_aggregator(name, m, f, **options)
+    msg = str(err.value)
+    # An option outside its declared range is refused when the rule is bound, naming the
+    # rule and the option; everything else by the rule's precondition on m and f.
+    expected = [name, *words, f"m={m}", f"f={f}"] if in_range else [name, *options]
+    for word in expected:
+        assert word in msg, (word, msg)
     if not any(v < 0 for v in options.values()):
         with pytest.raises(ValueError, match=name):
             get_aggregator(name, **options)(W, f)
@@ -545,16 +559,17 @@ def test_bad_input_matrix(name: str) -> None:
 
 
 def test_registry() -> None:
-    assert set(AGGREGATORS) == {"mean", "krum", "bulyan", "trimmed-mean", "median"}
+    assert set(PAPER_RULES) <= set(registry.names("rule"))
     with pytest.raises(ValueError) as err:
         get_aggregator("trimmed_mean")
+    assert "did you mean 'trimmed-mean'" in str(err.value)
     for name in AGGREGATORS:
         assert name in str(err.value)
-    with pytest.raises(ValueError, match="unknown aggregation rule"):
-        check_aggregator("geomed", 10, 1)
-    with pytest.raises(ValueError, match="unknown option 'beta'"):
+    with pytest.raises(ValueError, match="unknown rule 'no-such-rule'"):
+        check_aggregator("no-such-rule", 10, 1)
+    with pytest.raises(ValueError, match="has no option 'beta'"):
         get_aggregator("median", beta=1)
-    with pytest.raises(ValueError, match="unknown option 'gama'"):
+    with pytest.raises(ValueError, match="has no option 'gama'"):
         check_aggregator("bulyan", 11, 2, gama=1)
     with pytest.raises(ValueError, match="integer"):
         get_aggregator("trimmed-mean", beta=1.5)
@@ -567,7 +582,7 @@ def test_registry() -> None:
     torch.testing.assert_close(get_aggregator("trimmed-mean", beta=None)(X, 2), trimmed_mean(X, 2))
     b = get_aggregator("bulyan", theta=5, gamma=1)
     torch.testing.assert_close(b(X, 2), bulyan(X, 2, theta=5, gamma=1))
-    assert b.__qualname__ == "bulyan(theta=5, gamma=1)"
+    assert repr(b) == "bulyan(theta=5, gamma=1)"
     check_aggregator("trimmed-mean", 10, 1, beta=np.int64(4))
 
 

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from attack_helpers import make_context
+from attack_helpers import craft, make_context
+from fedpoison import RunConfig, registry
 from fedpoison.aggregators import krum_scores, krum_select, pairwise_sq_distances
-from fedpoison.attacks import MODEL_ATTACKS, AttackContext
+from fedpoison.attacks import AttackContext
 from fedpoison.attacks.krum_attack import (
     KrumProblem,
     krum_attack_solution,
@@ -36,6 +37,11 @@ def context(w_re: torch.Tensor, W: torch.Tensor, c: int = C, *, knowledge: str =
             **options: object) -> AttackContext:
     return make_context(w_re, W, rule="krum", c=c, knowledge=knowledge, f=f, seed=seed,
                         benign=benign, **options)
+
+
+def solve(ctx: AttackContext) -> object:
+    """The Krum attack with the test's options."""
+    return krum_attack_solution(ctx, **ctx.options)  # type: ignore[attr-defined]
 
 
 def brute_selects(w1: torch.Tensor, copies: int, others: torch.Tensor, f: int) -> bool:
@@ -78,7 +84,7 @@ SEEDS = range(8)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_full_knowledge_krum_selects_w1(seed: int) -> None:
     w_re, W = models(seed)
-    r = krum_attack_solution(context(w_re, W))
+    r = solve(context(w_re, W))
     assert r.solution.found and r.solution.copies == C and r.solution.f == C
     w1 = r.models[0]
     # Eq. 2 as stated: c identical copies of w'₁ at random positions -> Krum picks one of them.
@@ -97,7 +103,7 @@ def test_full_knowledge_krum_selects_w1(seed: int) -> None:
 @pytest.mark.parametrize("f", [C, C + 2])
 def test_lambda_never_exceeds_theorem1_bound(seed: int, f: int) -> None:
     w_re, W = models(seed)
-    r = krum_attack_solution(context(w_re, W, f=f))
+    r = solve(context(w_re, W, f=f))
     expected = theorem1_bound(W[C:], w_re, r.direction, M, C, f)
     assert r.solution.exact_bound
     assert r.solution.bound == pytest.approx(expected, rel=1e-6)
@@ -107,7 +113,7 @@ def test_lambda_never_exceeds_theorem1_bound(seed: int, f: int) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_halving_stops_at_first_lambda_that_works(seed: int) -> None:
     w_re, W = models(seed)
-    r = krum_attack_solution(context(w_re, W))
+    r = solve(context(w_re, W))
     sol = r.solution
     s = r.direction.double()
     lam = sol.lam
@@ -124,7 +130,7 @@ def test_halving_stops_at_first_lambda_that_works(seed: int) -> None:
 def test_epsilon_copies_are_distinct_and_within_epsilon(seed: int) -> None:
     w_re, W = models(seed)
     for eps in (0.01, 0.5):
-        X = krum_attack_solution(context(w_re, W, epsilon=eps)).models
+        X = solve(context(w_re, W, epsilon=eps)).models
         w1 = X[0]
         dist = torch.linalg.vector_norm((X[1:] - w1).double(), dim=1)
         assert bool((dist <= eps).all()) and bool((dist > 0).all())
@@ -146,7 +152,7 @@ def test_epsilon_ball_is_uniform_in_radius() -> None:
 
 def test_epsilon_zero_gives_identical_copies() -> None:
     w_re, W = models(0)
-    X = krum_attack_solution(context(w_re, W, epsilon=0.0)).models
+    X = solve(context(w_re, W, epsilon=0.0)).models
     assert torch.equal(X, X[0].repeat(C, 1))
 
 
@@ -197,7 +203,7 @@ def test_no_lambda_above_the_generalized_bound_works(seed: int, copies: int, f: 
 def test_no_solution_sends_w_re_and_copies() -> None:
     # Benign models far from w_Re relative to their spread: even w'₁ = w_Re is never chosen.
     w_re, W = models(0, step=0.1, noise=0.05)
-    r = krum_attack_solution(context(w_re, W))
+    r = solve(context(w_re, W))
     sol = r.solution
     assert not sol.found
     assert sol.lam < 1e-5 and sol.lam * 2 >= 1e-5  # where the halving loop stops
@@ -232,8 +238,8 @@ def test_no_finite_bound_uses_fallback_start() -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_partial_never_reads_benign_rows(seed: int) -> None:
     w_re, W = models(seed)
-    none = MODEL_ATTACKS["krum"](context(w_re, W, knowledge="partial"))
-    nan = MODEL_ATTACKS["krum"](
+    none = craft("krum", context(w_re, W, knowledge="partial"))
+    nan = craft("krum",
         context(w_re, W, knowledge="partial", benign=torch.full((M - C, D), torch.nan))
     )
     assert torch.equal(none, nan)
@@ -243,7 +249,7 @@ def test_partial_never_reads_benign_rows(seed: int) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_partial_sub_problem_selects_w1(seed: int) -> None:
     w_re, W = models(seed)
-    r = krum_attack_solution(context(w_re, W, knowledge="partial"))
+    r = solve(context(w_re, W, knowledge="partial"))
     sol = r.solution
     assert sol.found
     s = torch.sign(W[:C].double().mean(0) - w_re.double())
@@ -260,7 +266,7 @@ def test_partial_adds_copies_when_one_does_not_suffice() -> None:
     # Compromised models closer to each other than to w_Re: w'₁ alone never wins, so the
     # search must add copies (Section 3.2, "we add one more crafted local model").
     w_re, W = models(0, step=0.1, noise=0.05)
-    r = krum_attack_solution(context(w_re, W, knowledge="partial"))
+    r = solve(context(w_re, W, knowledge="partial"))
     sol = r.solution
     assert sol.found and sol.copies > 1
     s = r.direction
@@ -287,7 +293,7 @@ def test_sub_problem_counts() -> None:
 def test_partial_tiny_c(c: int) -> None:
     w_re, W = models(0, m=10)
     ctx = context(w_re, W, c, knowledge="partial", f=c)
-    r = krum_attack_solution(ctx)
+    r = solve(ctx)
     assert r.models.shape == (c, D) and bool(torch.isfinite(r.models).all())
     assert r.solution.copies in partial_copies_range(c)
     if c == 1:  # w'₁ at the compromised model's distance from w_Re, reversed
@@ -302,7 +308,7 @@ def test_partial_tiny_c(c: int) -> None:
 @pytest.mark.parametrize("knowledge", ["full", "partial"])
 def test_deviation_goal_moves_w1_along_minus_ones(knowledge: str) -> None:
     w_re, W = models(3)
-    r = krum_attack_solution(context(w_re, W, knowledge=knowledge, goal="deviation"))
+    r = solve(context(w_re, W, knowledge=knowledge, goal="deviation"))
     assert torch.equal(r.direction, torch.ones(D))
     assert r.solution.found
     torch.testing.assert_close(r.models[0], w_re - r.solution.lam, rtol=0, atol=1e-6)
@@ -314,9 +320,9 @@ def test_deviation_goal_moves_w1_along_minus_ones(knowledge: str) -> None:
 @pytest.mark.parametrize("knowledge", ["full", "partial"])
 def test_same_seed_same_models_different_seed_different(knowledge: str) -> None:
     w_re, W = models(2)
-    a = MODEL_ATTACKS["krum"](context(w_re, W, knowledge=knowledge, seed=7))
-    b = MODEL_ATTACKS["krum"](context(w_re, W, knowledge=knowledge, seed=7))
-    c = MODEL_ATTACKS["krum"](context(w_re, W, knowledge=knowledge, seed=8))
+    a = craft("krum", context(w_re, W, knowledge=knowledge, seed=7))
+    b = craft("krum", context(w_re, W, knowledge=knowledge, seed=7))
+    c = craft("krum", context(w_re, W, knowledge=knowledge, seed=8))
     assert torch.equal(a, b)
     assert torch.equal(a[0], c[0]) and not torch.equal(a[1:], c[1:])
     assert a.dtype == torch.float32 and a.device == w_re.device
@@ -326,7 +332,7 @@ def test_same_seed_same_models_different_seed_different(knowledge: str) -> None:
 def test_full_direction_with_zero_for_no_change(estimator: str) -> None:
     w_re, W = models(4)
     W[:, :3] = w_re[:3]  # three parameters nobody changes
-    r = krum_attack_solution(context(w_re, W, direction=estimator))
+    r = solve(context(w_re, W, direction=estimator))
     w = W.double().mean(0) if estimator == "mean" else W[krum_select(W, C)].double()
     assert torch.equal(r.direction, torch.sign(w - w_re.double()).float())
     assert bool((r.direction[:3] == 0).all()) and bool((r.direction[3:] != 0).all())
@@ -339,16 +345,20 @@ def test_full_direction_with_zero_for_no_change(estimator: str) -> None:
     [("epsilon", -0.1), ("threshold", 0.0), ("b", 1.0), ("goal", "x"), ("direction", "median")],
 )
 def test_bad_options_raise_naming_the_option(option: str, value: object) -> None:
-    w_re, W = models(0)
+    spec = registry.get("attack", "krum")
     with pytest.raises(ValueError, match=option):
-        MODEL_ATTACKS["krum"](context(w_re, W, **{option: value}))
+        if option == "goal":
+            RunConfig(rule="krum", attack="krum", goal=value).resolve()  # type: ignore[arg-type]
+        else:
+            spec.resolve_options({option: value})
 
 
 def test_full_knowledge_needs_benign_and_valid_krum() -> None:
     w_re, W = models(0)
     ctx = context(w_re, W)
-    bad = AttackContext(ctx.compromised, None, w_re, M, "full", "krum", C, ctx.generator)
+    bad = AttackContext(compromised=ctx.compromised, benign=None, w_re=w_re, m=M,
+                        knowledge="full", f=C, generator=ctx.generator, target=ctx.target)
     with pytest.raises(ValueError, match="benign"):
-        MODEL_ATTACKS["krum"](bad)
+        craft("krum", bad)
     with pytest.raises(ValueError, match="krum"):
-        MODEL_ATTACKS["krum"](context(w_re, W, f=14))  # m = 30 ≤ 2f + 2
+        craft("krum", context(w_re, W, f=14))  # m = 30 ≤ 2f + 2

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attack_helpers import make_context
+from attack_helpers import craft, make_context
+from fedpoison import RunConfig, registry
 from fedpoison.aggregators import krum, median, trimmed_mean
-from fedpoison.attacks import MODEL_ATTACKS, AttackContext, check_model_attack
+from fedpoison.attacks import AttackContext
 from fedpoison.attacks.direction import direction, partial_direction
+from fedpoison.errors import ConfigError
 
 M, C, D = 40, 8, 300
 
@@ -28,13 +30,16 @@ def context(w_re: torch.Tensor, W: torch.Tensor, rule: str = "gaussian", *,
 
 
 def test_registry_names() -> None:
-    assert set(MODEL_ATTACKS) == {"gaussian", "krum", "trimmed-mean", "median"}
+    names = set(registry.names("attack"))
+    assert {"gaussian", "krum", "trimmed-mean", "label-flip", "bga"} <= names
+    assert registry.REGISTRY.canonical("attack", "median") == ("trimmed-mean",
+                                                               {"target_rule": "median"})
 
 
 def test_gaussian_matches_all_workers_statistics() -> None:
     w_re, W = models(0, m=400, d=50)
     c = 200  # many draws per coordinate to estimate the distribution
-    X = MODEL_ATTACKS["gaussian"](context(w_re, W, c=c))
+    X = craft("gaussian", context(w_re, W, c=c))
     mu, sd = W.double().mean(0), W.double().std(0)
     z = (X.double().mean(0) - mu) / (sd / c**0.5)
     assert float(z.abs().max()) < 5
@@ -45,12 +50,12 @@ def test_gaussian_matches_all_workers_statistics() -> None:
 
 def test_gaussian_full_uses_benign_partial_does_not() -> None:
     w_re, W = models(1)
-    full = MODEL_ATTACKS["gaussian"](context(w_re, W))
+    full = craft("gaussian", context(w_re, W))
     W2 = W.clone()
     W2[C:] += 1.0
-    assert not torch.equal(full, MODEL_ATTACKS["gaussian"](context(w_re, W2)))
-    none = MODEL_ATTACKS["gaussian"](context(w_re, W, knowledge="partial"))
-    nan = MODEL_ATTACKS["gaussian"](
+    assert not torch.equal(full, craft("gaussian", context(w_re, W2)))
+    none = craft("gaussian", context(w_re, W, knowledge="partial"))
+    nan = craft("gaussian",
         context(w_re, W, knowledge="partial", benign=torch.full((M - C, D), torch.nan)))
     assert torch.equal(none, nan) and bool(torch.isfinite(none).all())
     # partial: the compromised models' statistics
@@ -62,9 +67,9 @@ def test_gaussian_full_uses_benign_partial_does_not() -> None:
 
 def test_gaussian_seeded() -> None:
     w_re, W = models(2)
-    a = MODEL_ATTACKS["gaussian"](context(w_re, W, seed=3))
-    b = MODEL_ATTACKS["gaussian"](context(w_re, W, seed=3))
-    c = MODEL_ATTACKS["gaussian"](context(w_re, W, seed=4))
+    a = craft("gaussian", context(w_re, W, seed=3))
+    b = craft("gaussian", context(w_re, W, seed=3))
+    c = craft("gaussian", context(w_re, W, seed=4))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -74,7 +79,7 @@ def test_full_direction_is_sign_of_before_attack_change(rule: str, estimator: st
     w_re, W = models(3)
     W[:, :2] = w_re[:2]  # no change -> 0
     agg = {"krum": krum, "trimmed-mean": trimmed_mean, "median": median}[rule]
-    s = direction(context(w_re, W, rule, direction=estimator))
+    s = direction(context(w_re, W, rule), estimator)
     if estimator == "rule":
         assert torch.equal(s, torch.sign(agg(W, C) - w_re))
     else:
@@ -84,7 +89,7 @@ def test_full_direction_is_sign_of_before_attack_change(rule: str, estimator: st
     # The compromised workers' before-attack models count: changing them changes w.
     W2 = W.clone()
     W2[:C, 2:] += 10.0
-    assert not torch.equal(s, direction(context(w_re, W2, rule, direction=estimator)))
+    assert not torch.equal(s, direction(context(w_re, W2, rule), estimator))
 
 
 def test_partial_direction_is_sign_of_compromised_mean() -> None:
@@ -98,7 +103,7 @@ def test_partial_direction_is_sign_of_compromised_mean() -> None:
 @pytest.mark.parametrize("knowledge", ["full", "partial"])
 def test_every_attack_returns_float32_c_by_d(name: str, knowledge: str) -> None:
     w_re, W = models(5)
-    X = MODEL_ATTACKS[name](context(w_re, W.double(), name, knowledge=knowledge))
+    X = craft(name, context(w_re, W.double(), name, knowledge=knowledge))
     assert X.shape == (C, D) and X.dtype == torch.float32 and X.device == w_re.device
     assert bool(torch.isfinite(X).all())
 
@@ -106,26 +111,29 @@ def test_every_attack_returns_float32_c_by_d(name: str, knowledge: str) -> None:
 @pytest.mark.parametrize("name", ["gaussian", "krum", "trimmed-mean", "median"])
 def test_bad_inputs_raise(name: str) -> None:
     w_re, W = models(6)
-    with pytest.raises(ValueError, match="epsilon"):
-        MODEL_ATTACKS[name](context(w_re, W, name, epsilon=-1.0))
     with pytest.raises(ValueError, match="w_re"):
-        MODEL_ATTACKS[name](context(w_re[:-1], W, name))
+        craft(name, context(w_re[:-1], W, name))
     with pytest.raises(ValueError, match="knowledge"):
-        MODEL_ATTACKS[name](context(w_re, W, name, knowledge="some"))
+        craft(name, context(w_re, W, name, knowledge="some"))
     ctx = context(w_re, W, name)
-    wrong_m = AttackContext(ctx.compromised, ctx.benign, w_re, M + 1, "full", name, C,
-                            ctx.generator)
+    wrong_m = AttackContext(compromised=ctx.compromised, benign=ctx.benign, w_re=w_re, m=M + 1,
+                            knowledge="full", f=C, generator=ctx.generator, target=ctx.target)
     with pytest.raises(ValueError, match="m must equal"):
-        MODEL_ATTACKS[name](wrong_m)
+        craft(name, wrong_m)
 
 
-def test_check_model_attack() -> None:
-    check_model_attack("krum", "partial", "deviation")
-    check_model_attack("median", "full", "deviation")
-    with pytest.raises(ValueError, match="deviation"):
-        check_model_attack("trimmed-mean", "partial", "deviation")
-    with pytest.raises(ValueError, match="unknown"):
-        check_model_attack("nope", "full", "directed")
+def test_attack_combinations_checked_when_the_config_resolves() -> None:
+    base = {"dataset": "breast-cancer", "workers": 20, "compromised": 4}
+    RunConfig(**base, rule="krum", attack="krum", knowledge="partial", goal="deviation").resolve()
+    RunConfig(**base, rule="median", attack="median", goal="deviation").resolve()
+    with pytest.raises(ConfigError, match="deviation"):
+        RunConfig(**base, attack="trimmed-mean", knowledge="partial", goal="deviation").resolve()
+    with pytest.raises(ConfigError, match="unknown attack 'nope'"):
+        RunConfig(**base, attack="nope").resolve()
+    with pytest.raises(ConfigError, match="epsilon"):
+        RunConfig(**base, rule="krum", attack="krum", attack_options={"epsilon": -1}).resolve()
+    with pytest.raises(ConfigError, match="has no option 'epsilon'"):
+        RunConfig(**base, attack="trimmed-mean", attack_options={"epsilon": 0.1}).resolve()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -133,7 +141,7 @@ def test_check_model_attack() -> None:
 @pytest.mark.parametrize("knowledge", ["full", "partial"])
 def test_cuda_gives_the_cpu_models(name: str, knowledge: str) -> None:
     w_re, W = models(7)
-    cpu = MODEL_ATTACKS[name](context(w_re, W, name, knowledge=knowledge))
-    gpu = MODEL_ATTACKS[name](context(w_re.cuda(), W.cuda(), name, knowledge=knowledge))
+    cpu = craft(name, context(w_re, W, name, knowledge=knowledge))
+    gpu = craft(name, context(w_re.cuda(), W.cuda(), name, knowledge=knowledge))
     assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attack_helpers import make_context
+from attack_helpers import craft, make_context
+from fedpoison import registry
 from fedpoison.aggregators import median, trimmed_mean
-from fedpoison.attacks import MODEL_ATTACKS, AttackContext
+from fedpoison.attacks import AttackContext
 
 M, C, D = 30, 6, 400
 ESTIMATORS = ["mean", "rule"]
@@ -65,7 +66,7 @@ def test_every_case_of_the_interval() -> None:
     W = base + torch.rand(m, 4, generator=g)  # values in [1, 2] or [−2, −1]
     w_re = torch.tensor([5.0, 5.0, -5.0, -5.0])  # the aggregate lies below / above w_Re
     for rule in ("trimmed-mean", "median"):
-        X = MODEL_ATTACKS[rule](context(w_re, W, rule, c, f=c, b=3.0))
+        X = craft(rule, context(w_re, W, rule, c, f=c, b=3.0))
         B = W[c:]
         w_max, w_min = B.amax(0), B.amin(0)
         assert bool((X[:, 0] >= w_max[0]).all() and (X[:, 0] <= 3 * w_max[0]).all())
@@ -82,7 +83,7 @@ def test_every_case_of_the_interval() -> None:
 def test_crafted_values_lie_in_documented_intervals(seed: int, rule: str, estimator: str
                                                     ) -> None:
     w_re, W = models(seed)
-    X = MODEL_ATTACKS[rule](context(w_re, W, rule, direction=estimator))
+    X = craft(rule, context(w_re, W, rule, direction=estimator))
     s = direction(estimator, rule, W, w_re, C)
     lo, hi = expected_interval(W[C:], s, 2.0)
     assert bool(((lo <= X) & (hi >= X)).all())
@@ -103,7 +104,7 @@ def test_crafted_values_lie_in_documented_intervals(seed: int, rule: str, estima
 def test_aggregate_moves_against_s(seed: int, rule: str, beta: int | None, estimator: str
                                    ) -> None:
     w_re, W = models(seed)
-    X = MODEL_ATTACKS[rule](context(w_re, W, rule, beta=beta, direction=estimator))
+    X = craft(rule, context(w_re, W, rule, beta=beta, direction=estimator))
     w = aggregate(rule, W, C, beta).double()
     w_after = aggregate(rule, torch.cat([X, W[C:]]), C, beta).double()
     s = direction(estimator, rule, W, w_re, C, beta)
@@ -119,11 +120,11 @@ def test_direction_estimators_mean_and_rule() -> None:
     W = col.unsqueeze(1) + 0.001 * torch.arange(10.0).unsqueeze(1)
     w_re = torch.tensor([1.0])
     for rule in ("trimmed-mean", "median"):
-        X = MODEL_ATTACKS[rule](context(w_re, W, rule, 2, f=2))
+        X = craft(rule, context(w_re, W, rule, 2, f=2))
         assert bool((W[2:].min() >= X).all())  # mean rises: s = +1 -> below w_min
-    tm = MODEL_ATTACKS["trimmed-mean"](context(w_re, W, "trimmed-mean", 2, f=2,
+    tm = craft("trimmed-mean", context(w_re, W, "trimmed-mean", 2, f=2,
                                                 direction="rule"))
-    md = MODEL_ATTACKS["median"](context(w_re, W, "median", 2, f=2, direction="rule"))
+    md = craft("median", context(w_re, W, "median", 2, f=2, direction="rule"))
     assert bool((W[2:].min() >= tm).all())  # trimmed mean rises: s = +1 -> below w_min
     assert bool((md >= W[2:].max()).all())  # median falls: s = −1 -> above w_max
 
@@ -131,7 +132,7 @@ def test_direction_estimators_mean_and_rule() -> None:
 def test_zero_change_is_treated_as_plus_one() -> None:
     w_re, W = models(0)
     W[:, :4] = w_re[:4]  # unchanged parameters: s_j = 0 -> the w_min side
-    X = MODEL_ATTACKS["trimmed-mean"](context(w_re, W))
+    X = craft("trimmed-mean", context(w_re, W))
     assert bool((X[:, :4] <= w_re[:4]).all())
 
 
@@ -141,15 +142,15 @@ def test_zero_change_is_treated_as_plus_one() -> None:
 @pytest.mark.parametrize("rule", ["trimmed-mean", "median"])
 def test_partial_never_reads_benign_rows(rule: str) -> None:
     w_re, W = models(1)
-    none = MODEL_ATTACKS[rule](context(w_re, W, rule, knowledge="partial"))
-    nan = MODEL_ATTACKS[rule](context(w_re, W, rule, knowledge="partial",
+    none = craft(rule, context(w_re, W, rule, knowledge="partial"))
+    nan = craft(rule, context(w_re, W, rule, knowledge="partial",
                                       benign=torch.full((M - C, D), torch.nan)))
     assert torch.equal(none, nan) and bool(torch.isfinite(none).all())
 
 
 def test_partial_intervals_use_compromised_mean_and_std() -> None:
     w_re, W = models(2)
-    X = MODEL_ATTACKS["trimmed-mean"](context(w_re, W, knowledge="partial"))
+    X = craft("trimmed-mean", context(w_re, W, knowledge="partial"))
     Cm = W[:C].double()
     mu, sd = Cm.mean(0), Cm.std(0)  # sample standard deviation
     s = torch.sign(mu - w_re.double())
@@ -167,7 +168,7 @@ def test_partial_intervals_use_compromised_mean_and_std() -> None:
 @pytest.mark.parametrize("rule", ["trimmed-mean", "median"])
 def test_deviation_picks_the_side_with_larger_deviation(seed: int, rule: str) -> None:
     w_re, W = models(seed)
-    X = MODEL_ATTACKS[rule](context(w_re, W, rule, goal="deviation"))
+    X = craft(rule, context(w_re, W, rule, goal="deviation"))
     B = W[C:]
     w_max, w_min = B.amax(0), B.amin(0)
     up = (w_max <= X).all(0)
@@ -187,7 +188,7 @@ def test_deviation_with_beta_below_c_uses_exact_aggregates() -> None:
     # β = 1 < c = 3: some crafted values are kept, so the exact draws matter.
     c, beta = 3, 1
     w_re, W = models(5, m=12, d=300)
-    X = MODEL_ATTACKS["trimmed-mean"](
+    X = craft("trimmed-mean",
         context(w_re, W, c=c, f=c, beta=beta, goal="deviation", seed=3))
     B = W[c:]
     w = trimmed_mean(W, c, beta).double()
@@ -205,7 +206,7 @@ def test_deviation_with_beta_below_c_uses_exact_aggregates() -> None:
 def test_deviation_partial_raises() -> None:
     w_re, W = models(0)
     with pytest.raises(ValueError, match="deviation"):
-        MODEL_ATTACKS["trimmed-mean"](context(w_re, W, knowledge="partial", goal="deviation"))
+        craft("trimmed-mean", context(w_re, W, knowledge="partial", goal="deviation"))
 
 
 # ---------------------------------------------------------------- seeds, checks
@@ -217,15 +218,14 @@ def test_same_seed_same_models(knowledge: str, goal: str) -> None:
     if knowledge == "partial" and goal == "deviation":
         return
     w_re, W = models(3)
-    a = MODEL_ATTACKS["median"](context(w_re, W, "median", knowledge=knowledge, goal=goal))
-    b = MODEL_ATTACKS["median"](context(w_re, W, "median", knowledge=knowledge, goal=goal))
-    c = MODEL_ATTACKS["median"](context(w_re, W, "median", knowledge=knowledge, goal=goal,
+    a = craft("median", context(w_re, W, "median", knowledge=knowledge, goal=goal))
+    b = craft("median", context(w_re, W, "median", knowledge=knowledge, goal=goal))
+    c = craft("median", context(w_re, W, "median", knowledge=knowledge, goal=goal,
                                         seed=2))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 @pytest.mark.parametrize("b", [1.0, 0.5, float("inf")])
 def test_bad_b_raises(b: float) -> None:
-    w_re, W = models(0)
     with pytest.raises(ValueError, match="option b"):
-        MODEL_ATTACKS["trimmed-mean"](context(w_re, W, b=b))
+        registry.get("attack", "trimmed-mean").resolve_options({"b": b})

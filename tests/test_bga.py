@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedpoison.attacks import DATA_ATTACKS, DataAttackContext, TrainingData, poison_cache
+from fedpoison import registry
+from fedpoison.attacks import DataAttackContext, TrainingData, poison_cache
 from fedpoison.attacks import bga as B
 
 D64 = torch.float64
@@ -173,23 +174,23 @@ def test_placement() -> None:
         B.place_poison(5, compromised, "everywhere", g)  # type: ignore[arg-type]
 
 
-class _Cfg:
-    """The RunConfig fields bga reads, with tiny generation settings."""
-
-    def __init__(self, **kw: object) -> None:
-        self.dataset, self.train_subset, self.seed = "toy", None, 0
-        self.poison_budget, self.poison_placement = 0.05, "uniform"
-        self.bga_inner_steps, self.bga_outer_steps, self.bga_warm_steps = 5, 2, 10
-        self.__dict__.update(kw)
+def _options(**kw: object) -> dict[str, object]:
+    """The bga attack's options, with tiny generation settings."""
+    return {"budget": 0.05, "placement": "uniform", "inner_steps": 5, "outer_steps": 2,
+            "warm_steps": 10, **kw}
 
 
-def _ctx(cfg: _Cfg) -> DataAttackContext:
+def _bga(ctx: DataAttackContext, **kw: object) -> TrainingData:
+    return registry.get("attack", "bga").impl(ctx, **_options(**kw))
+
+
+def _ctx() -> DataAttackContext:
     g = torch.Generator().manual_seed(4)
     x = torch.rand(100, 1, 2, 2, generator=g)
     y = torch.randint(3, (100,), generator=g)
     owner = torch.randint(10, (100,), generator=g)
     return DataAttackContext(TrainingData(x, y, owner), torch.tensor([2, 5, 8]), 3,
-                             torch.Generator().manual_seed(1), config=cfg)
+                             torch.Generator().manual_seed(1), seed=0, dataset="toy")
 
 
 @pytest.fixture
@@ -202,8 +203,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize("placement", ["uniform", "single-worker"])
 def test_bga_data_attack_appends_points_to_compromised_workers(home: Path, placement: str
                                                                ) -> None:
-    ctx = _ctx(_Cfg(poison_placement=placement))
-    out = DATA_ATTACKS["bga"](ctx)
+    ctx = _ctx()
+    out = _bga(ctx, placement=placement)
     assert out.x.shape == (105, 1, 2, 2) and out.y.shape == (105,) and out.owner.shape == (105,)
     assert torch.equal(out.x[:100], ctx.data.x) and torch.equal(out.owner[:100], ctx.data.owner)
     new_owner = out.owner[100:]
@@ -214,7 +215,7 @@ def test_bga_data_attack_appends_points_to_compromised_workers(home: Path, place
 
 
 def test_held_out_validation_split_keeps_the_budget(home: Path) -> None:
-    out = DATA_ATTACKS["bga"](_ctx(_Cfg(bga_val_fraction=0.3)))
+    out = _bga(_ctx(), val_fraction=0.3)
     assert out.x.shape[0] == 105  # 5% of all 100 examples, though D_tr holds only 70
 
 
@@ -236,12 +237,12 @@ def test_cache_hit_is_identical_and_a_parameter_change_misses(home: Path) -> Non
     assert len(calls) == 2
 
     # Through the attack: same config hits (identical points), another T misses.
-    a = DATA_ATTACKS["bga"](_ctx(_Cfg()))
+    a = _bga(_ctx())
     n_files = len(list((home / "poison").iterdir()))
-    b = DATA_ATTACKS["bga"](_ctx(_Cfg()))
+    b = _bga(_ctx())
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
     assert len(list((home / "poison").iterdir())) == n_files
-    DATA_ATTACKS["bga"](_ctx(_Cfg(bga_inner_steps=6)))
+    _bga(_ctx(), inner_steps=6)
     assert len(list((home / "poison").iterdir())) == n_files + 1
 
 

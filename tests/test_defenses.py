@@ -6,12 +6,20 @@ import pytest
 import torch
 from torch import Tensor
 
+from fedpoison import registry
+from fedpoison.aggregators import leave_one_out as loo
 from fedpoison.data.base import Dataset
 from fedpoison.data.partition import Partition
-from fedpoison.defenses import DEFENSES, DefenseContext, check_defense, impacts
-from fedpoison.defenses import leave_one_out as loo
+from fedpoison.defenses import DefenseContext, impacts
 from fedpoison.defenses.rejection import most_harmful
 from fedpoison.models.lr import LogisticRegression
+from fedpoison.server import (
+    ServerContext,
+    ServerData,
+    bind_pipeline,
+    bind_rule,
+    loop_with_and_without,
+)
 from fedpoison.tasks import Task
 
 
@@ -45,15 +53,45 @@ CASES = [  # (rule, k, f, beta)
 ]
 
 
+def _bound(rule: str, beta: int | None = None):
+    return bind_rule(rule, {"beta": beta} if beta is not None else {})
+
+
+def with_and_without(rule: str, W: Tensor, f: int, beta: int | None = None):
+    """The rule's batched leave-one-out (registered in the rule's own module)."""
+    return _bound(rule, beta).with_and_without(W, f)
+
+
+def leave_one_out_loop(rule: str, W: Tensor, f: int, beta: int | None = None) -> Tensor:
+    """The reference: k plain calls of the rule."""
+    bound = _bound(rule, beta)
+    return loop_with_and_without(lambda X: bound(X, f), W)[1]
+
+
+class _Defenses:
+    """Registered defenses by name, called like the server calls them."""
+
+    def __getitem__(self, name: str):
+        return registry.get("defense", name).impl
+
+
+DEFENSES = _Defenses()
+
+
+def check_defense(defense: str, rule: str, k: int, f: int, beta: int | None = None) -> None:
+    registry.get("defense", defense).check(
+        bind_pipeline(rule, {"beta": beta} if beta is not None else {}), k, f)
+
+
 @pytest.fixture(params=[True, False], ids=["numpy-sort", "torch-sort"])
 def sort_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loo, "NUMPY_ON_CPU", request.param)
 
 
 def _check_equal(rule: str, W: Tensor, f: int, beta: int | None) -> None:
-    A, B = loo.with_and_without(rule, W, f, beta)
-    ref = loo.leave_one_out_loop(rule, W, f, beta)
-    full = loo.leave_one_out_loop(rule, torch.cat([W, W[:1]]), f, beta)[-1]  # = rule(W)
+    A, B = with_and_without(rule, W, f, beta)
+    ref = leave_one_out_loop(rule, W, f, beta)
+    full = leave_one_out_loop(rule, torch.cat([W, W[:1]]), f, beta)[-1]  # = rule(W)
     if rule == "mean":  # the rule sums in float32, leave-one-out in float64
         torch.testing.assert_close(B, ref, rtol=1e-6, atol=1e-6, equal_nan=True)
         torch.testing.assert_close(A, full, rtol=1e-6, atol=1e-6, equal_nan=True)
@@ -96,9 +134,9 @@ def test_leave_one_out_hostile_rows(
 @pytest.mark.parametrize("rule", ["mean", "trimmed-mean", "median"])
 def test_leave_one_out_column_chunks(monkeypatch: pytest.MonkeyPatch, rule: str) -> None:
     W = torch.randn(9, 200, generator=torch.Generator().manual_seed(3))
-    whole = loo.with_and_without(rule, W, 2)
+    whole = with_and_without(rule, W, 2)
     monkeypatch.setattr(loo, "CHUNK_BYTES", 1)  # 64-column chunks: 4 of them, one partial
-    chunked = loo.with_and_without(rule, W, 2)
+    chunked = with_and_without(rule, W, 2)
     for a, b in zip(whole, chunked, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     _check_equal(rule, W, 2, None)
@@ -108,20 +146,38 @@ def test_leave_one_out_no_cancellation() -> None:
     """Leaving out a 1e30 row gives the mean of the others, not 0 (no subtraction)."""
     W = torch.ones(6, 4)
     W[2] = 1e30
-    B = loo.leave_one_out("mean", W, 1)
+    B = with_and_without("mean", W, 1)[1]
     torch.testing.assert_close(B[2], torch.ones(4))
-    B = loo.leave_one_out("trimmed-mean", torch.cat([W, W[2:3]]), 2, beta=1)
+    B = with_and_without("trimmed-mean", torch.cat([W, W[2:3]]), 2, beta=1)[1]
     torch.testing.assert_close(B[2], torch.ones(4))
 
 
 def test_leave_one_out_preconditions() -> None:
     W = torch.randn(7, 3)
-    with pytest.raises(ValueError, match=r"k-1=6.*krum"):
-        loo.leave_one_out("krum", W, 2)  # krum accepts 7 > 2f + 2 = 6 models, not 6
+    with pytest.raises(ValueError, match=r"krum.*m=6, f=2"):
+        with_and_without("krum", W, 2)  # krum accepts 7 > 2f + 2 = 6 models, not 6
     with pytest.raises(ValueError, match="unknown rule"):
-        loo.leave_one_out("geomed", W, 1)
+        with_and_without("no-such-rule", W, 1)
     with pytest.raises(ValueError, match="k >= 2"):
-        loo.leave_one_out("mean", W[:1], 0)
+        with_and_without("mean", W[:1], 0)
+
+
+@pytest.mark.parametrize("rule", sorted(registry.names("rule")))
+def test_every_rule_leave_one_out_equals_its_loop(rule: str) -> None:
+    """Any registered rule, with its default options: the batched leave-one-out (where the
+    rule has one) equals k plain calls."""
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(15, 21, generator=g)
+    bound = bind_rule(rule)
+    try:
+        bound.check(14, 2)
+    except ValueError:
+        pytest.skip(f"{rule} does not accept 14 models with f = 2")
+    ctx = ServerContext(1, W[0].clone(), {}, torch.Generator().manual_seed(1))
+    A, B = bound.with_and_without(W, 2, ctx)
+    A_ref, B_ref = loop_with_and_without(lambda X: bound(X, 2, ctx), W)
+    torch.testing.assert_close(A, A_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(B, B_ref, rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------ defense fixtures
@@ -148,7 +204,10 @@ def _evaluate(models: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _ctx(W: Tensor, f: int, rule: str, beta: int | None = None, evaluate=_evaluate):
-    return DefenseContext(W=W, f=f, rule=rule, beta=beta, evaluate=evaluate)
+    server = ServerContext(1, W[0].clone(), {}, torch.Generator().manual_seed(0),
+                           ServerData(TASK.x_test, TASK.y_test, evaluate))
+    return DefenseContext(W=W, f=f, rule=bind_pipeline(rule, {"beta": beta} if beta is not None
+                                                       else {}), server=server)
 
 
 def _benign(k: int, seed: int) -> Tensor:

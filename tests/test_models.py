@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from fedpoison import registry
 from fedpoison.data.base import Dataset
 from fedpoison.data.partition import Partition
-from fedpoison.models import MODELS, build_model
+from fedpoison.models import build_model
 from fedpoison.models.batched import (
     naive_vmap_grad,
     reference_batched_grad,
@@ -95,7 +96,7 @@ def test_batched_grad_equals_per_worker_loop(name: str, diverged: bool) -> None:
     W = _weights(model, K, diverged)
     x, y = _inputs(model, K, B, seed=1)
     mask = _mask(K, B)
-    got = model.batched_grad(W, x, y, mask, shared=not diverged)
+    got = model.batched_grad(W, x, y, mask)
     assert got.shape == (K, model.dim) and got.dtype == torch.float32
     _close(got, reference_batched_grad(model, W, x, y, mask))
     assert torch.all(got[2] == 0)  # no examples: no gradient (and running stats unchanged)
@@ -107,7 +108,7 @@ def test_batched_grad_without_padding(name: str) -> None:
     W = _weights(model, K, diverged=True, seed=3)
     x, y = _inputs(model, K, B, seed=4)
     mask = torch.ones(K, B, dtype=torch.bool)
-    _close(model.batched_grad(W, x, y, mask, shared=False),
+    _close(model.batched_grad(W, x, y, mask),
            reference_batched_grad(model, W, x, y, mask))
 
 
@@ -117,10 +118,10 @@ def test_worker_chunks_give_the_same_gradient(name: str) -> None:
     W = _weights(model, K, diverged=True)
     x, y = _inputs(model, K, B, seed=2)
     mask = _mask(K, B)
-    whole = model.batched_grad(W, x, y, mask, shared=False)
+    whole = model.batched_grad(W, x, y, mask)
     model.memory_budget = 2 * B * model.bytes_per_example  # two workers per chunk
     assert len(worker_chunks(K, B, model.bytes_per_example, model.memory_budget)) == 2
-    _close(model.batched_grad(W, x, y, mask, shared=False), whole)
+    _close(model.batched_grad(W, x, y, mask), whole)
 
 
 def test_worker_chunks_cover_all_workers() -> None:
@@ -137,7 +138,7 @@ def test_cnn_vmap_baseline_matches() -> None:
     x, y = _inputs(model, K, B, seed=5)
     mask = torch.ones(K, B, dtype=torch.bool)
     _close(naive_vmap_grad(model.reference_logits, W, x, y),
-           model.batched_grad(W, x, y, mask, shared=False))
+           model.batched_grad(W, x, y, mask))
 
 
 # --------------------------------------------------------------------- logits
@@ -249,16 +250,16 @@ def test_resnet_batchnorm_statistics_are_per_worker() -> None:
     W = _weights(model, K, diverged=True)
     x, y = _inputs(model, K, B, seed=8)
     mask = _mask(K, B)
-    g1 = model.batched_grad(W, x, y, mask, shared=False)
+    g1 = model.batched_grad(W, x, y, mask)
     x2 = x.clone()
     x2[1] = 5 * x2[1] + 1  # another worker's data shifts a lot
-    g2 = model.batched_grad(W, x2, y, mask, shared=False)
+    g2 = model.batched_grad(W, x2, y, mask)
     _close(g1[0], g2[0])
     assert not torch.allclose(g1[1], g2[1])
     # padding does not enter the statistics: garbage in padded slots changes nothing
     x3 = x.clone()
     x3[1, 3:] = 100.0
-    _close(model.batched_grad(W, x3, y, mask, shared=False), g1)
+    _close(model.batched_grad(W, x3, y, mask), g1)
 
 
 def test_resnet_running_statistics_follow_an_ema() -> None:
@@ -267,7 +268,7 @@ def test_resnet_running_statistics_follow_an_ema() -> None:
     w = model.init(torch.Generator().manual_seed(0))
     x, y = _inputs(model, K, B, seed=9)
     mask = torch.ones(K, B, dtype=torch.bool)
-    g = model.batched_grad(w.expand(K, -1), x, y, mask, shared=True)[0]
+    g = model.batched_grad(w.expand(K, -1), x, y, mask)[0]
     # batch statistics of the first BatchNorm, from a plain module in training mode
     module = model.torch_module()
     module.load_state_dict(model.layout.state_dict(w), strict=False)
@@ -296,7 +297,7 @@ def test_resnet_evaluation_uses_stored_statistics() -> None:
 
 # ------------------------------------------------------------ registry, device
 def test_registry_builds_models_for_datasets() -> None:
-    assert {"lr", "cnn", "mlp", "resnet20"} <= set(MODELS)
+    assert {"lr", "cnn", "mlp", "resnet20"} <= set(registry.names("model"))
     images = _toy_images(10, (1, 28, 28), 10)
     tabular = _toy_images(10, (30,), 2)
     assert isinstance(build_model("cnn", images), CNN)
@@ -313,7 +314,7 @@ def test_tune_cpu_allocator_is_harmless() -> None:
     W = _weights(model, K, diverged=True)
     x, y = _inputs(model, K, B, seed=1)
     mask = torch.ones(K, B, dtype=torch.bool)
-    _close(model.batched_grad(W, x, y, mask, shared=False),
+    _close(model.batched_grad(W, x, y, mask),
            reference_batched_grad(model, W, x, y, mask))
 
 
@@ -386,11 +387,11 @@ def test_cuda_matches_cpu(name: str) -> None:
     W = _weights(model, K, diverged=True)
     x, y = _inputs(model, K, B, seed=1)
     mask = _mask(K, B)
-    cpu = model.batched_grad(W, x, y, mask, shared=False)
-    gpu = model.batched_grad(W.cuda(), x.cuda(), y.cuda(), mask.cuda(), shared=False)
+    cpu = model.batched_grad(W, x, y, mask)
+    gpu = model.batched_grad(W.cuda(), x.cuda(), y.cuda(), mask.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(model.logits(W.cuda(), x[0].cuda()).cpu(),
                                model.logits(W, x[0]), rtol=1e-3, atol=1e-4)
     # the same inputs give the same numbers on one device
-    again = model.batched_grad(W.cuda(), x.cuda(), y.cuda(), mask.cuda(), shared=False)
+    again = model.batched_grad(W.cuda(), x.cuda(), y.cuda(), mask.cuda())
     torch.testing.assert_close(again, gpu, rtol=1e-5, atol=1e-6)

@@ -21,7 +21,7 @@ from fedpoison.experiments.sweep import run_sweep  # noqa: E402
 from fedpoison.experiments.worker import execute  # noqa: E402
 
 SPEC = {"name": "ray-tiny", "trials": 2,
-        "base": {"dataset": "mnist", "workers": 6, "compromised": 1, "iterations": 3,
+        "base": {"dataset": "mnist", "workers": 10, "compromised": 1, "iterations": 3,
                  "eval_every": 3, "batch_size": 8},
         "grid": {"rule": ["mean", "median"], "attack": ["none", "label-flip"]}}
 

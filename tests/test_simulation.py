@@ -84,22 +84,22 @@ def test_attack_diagnostics(toy: Dataset) -> None:
     full = run(small(rule="krum", attack="krum"), dataset=toy).diagnostics
     assert {name: st["n"] for name, st in full.items()} == {
         "against_mean_direction": 30, "krum_copies": 30, "krum_lambda": 30,
-        "krum_lambda_found": 30, "krum_selected_crafted": 30}
+        "krum_lambda_found": 30, "selected_crafted": 30}
     assert full["krum_copies"]["min"] == full["krum_copies"]["max"] == 4  # c copies (Eq. 2)
     assert full["krum_lambda_found"]["mean"] >= 0.5  # the attack's goal, most iterations
-    assert full["krum_selected_crafted"]["mean"] >= 0.5
+    assert full["selected_crafted"]["mean"] >= 0.5
     assert full["krum_lambda"]["max"] > 0 and full["krum_lambda"]["min"] >= 0
     partial = run(small(rule="krum", attack="krum", knowledge="partial"), dataset=toy).diagnostics
     # Eq. 4 is solved over the compromised models only: it finds λ every time here, yet the
     # real server (with the benign models) takes the crafted model in fewer iterations.
     assert partial["krum_lambda_found"]["mean"] == 1.0
-    assert partial["krum_selected_crafted"]["mean"] < 0.5
+    assert partial["selected_crafted"]["mean"] < 0.5
     some = run(small(rule="krum", attack="krum", poison_fraction=0.4), dataset=toy).diagnostics
-    assert some["krum_selected_crafted"]["n"] == some["krum_lambda"]["n"] == 12
+    assert some["selected_crafted"]["n"] == some["krum_lambda"]["n"] == 12
     transfer = run(small(rule="median", attack="krum"), dataset=toy).diagnostics
-    assert "krum_lambda" in transfer and "krum_selected_crafted" not in transfer
+    assert "krum_lambda" in transfer and "selected_crafted" not in transfer
     line = diagnostics_line(full)
-    assert "Krum attack found λ in" in line and "/30 poisoned iterations" in line
+    assert "a λ ≥ threshold made Krum select w'₁: " in line and "/30 iterations" in line
 
 
 def test_against_mean_direction(toy: Dataset) -> None:
@@ -132,15 +132,24 @@ def test_worker_sampling_and_defense_run(toy: Dataset) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
-    [("workers", 0), ("compromised", 20), ("noniid", 1.5), ("rule", "mode"),
-     ("attack", "nope"), ("knowledge", "some"), ("lr", -1.0), ("sample", 21),
-     ("poison_fraction", 2.0), ("b", 1.0), ("epsilon", -0.1), ("beta", 10)],
+    ("field", "value", "extra"),
+    [("workers", 0, {}), ("compromised", 20, {}), ("noniid", 1.5, {}), ("rule", "mode", {}),
+     ("attack", "nope", {}), ("knowledge", "some", {}), ("lr", -1.0, {}), ("sample", 21, {}),
+     ("poison_fraction", 2.0, {}), ("b", 1.0, {"attack": "trimmed-mean"}),
+     ("epsilon", -0.1, {"rule": "krum", "attack": "krum"}),
+     ("beta", -1, {"rule": "trimmed-mean"}), ("epsilon", 0.1, {"attack": "median"})],
 )
-def test_invalid_values_name_the_field(field: str, value: object) -> None:
+def test_invalid_values_name_the_field(field: str, value: object, extra: dict) -> None:
     with pytest.raises(ConfigError) as e:
-        small(**{field: value}).resolved()
+        RunConfig.from_dict({**small(**extra).to_dict(), field: value}).resolve()
     assert e.value.field == field
+
+
+def test_option_precondition_names_rule_and_option() -> None:
+    with pytest.raises(ConfigError) as e:
+        small(rule="trimmed-mean", rule_options={"beta": 10}).resolve()
+    assert e.value.field == "rule" and "beta=10" in e.value.message
+    assert "2*beta < m" in e.value.message
 
 
 def test_rule_precondition_is_checked_up_front() -> None:
@@ -169,7 +178,7 @@ def test_from_dict_rejects_unknown_fields() -> None:
 def test_cli_bad_value_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["run", "--noniid", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--noniid" in err[0] and "[0.0, 1.0]" in err[0]
+    assert len(err) == 1 and "--noniid" in err[0] and "[0, 1]" in err[0]
     with pytest.raises(SystemExit) as e:
         cli.main(["run", "--workers", "abc"])
     assert e.value.code == 2

@@ -21,7 +21,7 @@ from fedpoison.errors import ConfigError, ProvenanceError
 from fedpoison.experiments.store import ResultStore
 from fedpoison.experiments.worker import synthetic_result
 
-CFG = {"dataset": "mnist", "workers": 6, "compromised": 1, "iterations": 3}
+CFG = {"dataset": "mnist", "workers": 10, "compromised": 1, "iterations": 3}
 
 
 def test_put_get_and_exactly_once(tmp_path: Path) -> None:

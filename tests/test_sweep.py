@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fedpoison.cli import main
-from fedpoison.data import Dataset
+from fedpoison.data import Dataset, load
 from fedpoison.errors import ConfigError
 from fedpoison.experiments.executors import LocalExecutor, ProcessExecutor, make_executor
 from fedpoison.experiments.presets import preset_names
@@ -20,17 +20,27 @@ from fedpoison.experiments.spec import load_spec, parse_spec
 from fedpoison.experiments.store import ResultStore
 from fedpoison.experiments.sweep import plan_jobs, run_sweep
 from fedpoison.experiments.worker import execute, synthetic_result
+from fedpoison.registry import register_dataset
 
-TINY = {"dataset": "mnist", "workers": 6, "compromised": 1, "iterations": 3, "eval_every": 3,
+TINY = {"dataset": "toy", "workers": 6, "compromised": 1, "iterations": 3, "eval_every": 3,
         "batch_size": 8}
 
 
-def toy_loader(name: str, seed: int) -> Dataset:
-    """A small synthetic 'MNIST' (12 features, 4 classes) so that engine tests run in ms."""
+def _toy() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1234)
     x = torch.rand(240, 12, generator=g)
-    y = (x[:, :4].argmax(1)).long()
-    return Dataset(name, x[:200], y[:200], x[200:], y[200:], 4)
+    return x, (x[:, :4].argmax(1)).long()
+
+
+# A small synthetic dataset (12 features, 4 classes) so that engine tests run in ms; registered
+# at import, so a spawned pool worker that unpickles ``toy_loader`` registers it too.
+_X, _Y = _toy()
+register_dataset("toy", train=(_X[:200], _Y[:200]), test=(_X[200:], _Y[200:]), replace=True)
+
+
+def toy_loader(name: str, seed: int) -> Dataset:
+    """The registered toy dataset, as a sweep's loader."""
+    return load(name, seed=seed)
 
 
 def tiny_spec(**extra: Any) -> dict[str, Any]:
@@ -70,15 +80,32 @@ def test_labelled_and_linked_axes_with_placeholders() -> None:
 
 
 def test_duplicate_configs_run_once() -> None:
-    # the 'none' series ignores epsilon: every x point is the same run
+    # the 'none' series clears the attack's options: every x point is the same run
     spec = parse_spec({
-        "base": {**TINY, "rule": "median", "workers": 10, "compromised": 2},
-        "panels": {"a": {"x": {"field": "epsilon", "values": [0.1, 0.2, 0.3]},
-                         "series": {"none": {"attack": "none", "epsilon": 0.01},
-                                    "flip": {"attack": "label-flip"}}}},
+        "base": {**TINY, "rule": "krum", "workers": 10, "compromised": 2},
+        "panels": {"a": {"x": {"field": "attack_options.epsilon", "values": [0.1, 0.2, 0.3]},
+                         "series": {"none": {"attack": "none", "attack_options": {}},
+                                    "krum": {"attack": "krum"}}}},
     }).effective()
     keys = [p.key for p in spec.plan()]
     assert len(keys) == 6 and len(set(keys)) == 4
+    assert {p.config.attack_options.get("epsilon") for p in spec.plan()} == {None, 0.1, 0.2, 0.3}
+
+
+def test_option_axes_aliases_and_strictness() -> None:
+    spec = parse_spec({
+        "base": {**TINY, "rule": "trimmed-mean", "workers": 10, "compromised": 2},
+        "grid": {"rule_options.beta": [2, 3], "attack": {"none": {"attack": "none"},
+                                                         "tm": {"attack": "median", "b": 3}}},
+    }).effective()
+    plan = [p.config.resolve() for p in spec.plan()]
+    assert [c.rule_options["beta"] for c in plan] == [2, 2, 3, 3]
+    assert plan[1].attack == "trimmed-mean"
+    assert plan[1].attack_options == {"b": 3.0, "direction": "mean", "target_rule": "median"}
+    bad = parse_spec({"base": {**TINY, "rule": "median", "workers": 10, "compromised": 2},
+                      "grid": {"attack_options.epsilon": [0.1], "attack": ["label-flip"]}})
+    with pytest.raises(ConfigError, match="has no option 'epsilon'"):
+        bad.effective().plan()
 
 
 @pytest.mark.parametrize(("spec", "field", "words"), [
@@ -86,7 +113,7 @@ def test_duplicate_configs_run_once() -> None:
     ({"base": {"rulez": "krum"}}, "rulez", ["unknown config field", "base"]),
     ({"grid": {"rule": ["median", "krum"], "compromised": [1, 2]}}, "rule",
      ["krum", "m > 2f + 2", "entry rule=krum, compromised=2"]),
-    ({"grid": {"noniid": [0.5, 1.5]}}, "noniid", ["noniid=1.5", "[0.0, 1.0]"]),
+    ({"grid": {"noniid": [0.5, 1.5]}}, "noniid", ["noniid=1.5", "[0, 1]"]),
     ({"grid": {"attack": ["none", "nope"]}}, "attack", ["attack=nope", "allowed"]),
     ({"base": {"seed": 3}}, "seed", ["trials"]),
     ({"grid": {"workers": []}}, "workers", ["non-empty"]),

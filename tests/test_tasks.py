@@ -24,7 +24,7 @@ def test_lr_gradient_matches_autograd() -> None:
     idx = torch.randint(300, (5, 8), generator=torch.Generator().manual_seed(2))
     mask = torch.ones(5, 8, dtype=torch.bool)
     mask[3, 5:] = False
-    got = model.batched_grad(W, ds.x_train[idx], ds.y_train[idx], mask, shared=False)
+    got = model.batched_grad(W, ds.x_train[idx], ds.y_train[idx], mask)
     for i in range(5):
         wi = W[i].clone().requires_grad_(True)
         keep = mask[i]

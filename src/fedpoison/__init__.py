@@ -1,7 +1,9 @@
 """fedpoison: federated learning under local model poisoning attacks.
 
 A faithful and fast reproduction of Fang, Cao, Jia and Gong, "Local Model Poisoning Attacks
-to Byzantine-Robust Federated Learning" (USENIX Security 2020).
+to Byzantine-Robust Federated Learning" (USENIX Security 2020), and an open core: every
+aggregation rule, pre-aggregator, attack, defense, dataset and model is a registered
+component, and users add theirs with the ``register_*`` functions (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -12,19 +14,72 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from fedpoison.config import RunConfig
-    from fedpoison.simulation import RunResult, run
+    from fedpoison.errors import (
+        ConfigError,
+        DataError,
+        FedpoisonError,
+        ProvenanceError,
+        RegistryError,
+    )
+    from fedpoison.registry import (
+        Diagnostic,
+        Option,
+        register_attack,
+        register_dataset,
+        register_defense,
+        register_model,
+        register_preaggregator,
+        register_rule,
+    )
+    from fedpoison.simulation import RunResult, prepare, run
 
-__all__ = ["RunConfig", "RunResult", "__version__", "run"]
+_LAZY = {
+    "RunConfig": "fedpoison.config",
+    "run": "fedpoison.simulation",
+    "RunResult": "fedpoison.simulation",
+    "prepare": "fedpoison.simulation",
+    "Option": "fedpoison.registry",
+    "Diagnostic": "fedpoison.registry",
+    "register_rule": "fedpoison.registry",
+    "register_preaggregator": "fedpoison.registry",
+    "register_attack": "fedpoison.registry",
+    "register_defense": "fedpoison.registry",
+    "register_dataset": "fedpoison.registry",
+    "register_model": "fedpoison.registry",
+    "FedpoisonError": "fedpoison.errors",
+    "ConfigError": "fedpoison.errors",
+    "DataError": "fedpoison.errors",
+    "ProvenanceError": "fedpoison.errors",
+    "RegistryError": "fedpoison.errors",
+}
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "Diagnostic",
+    "FedpoisonError",
+    "Option",
+    "ProvenanceError",
+    "RegistryError",
+    "RunConfig",
+    "RunResult",
+    "__version__",
+    "prepare",
+    "register_attack",
+    "register_dataset",
+    "register_defense",
+    "register_model",
+    "register_preaggregator",
+    "register_rule",
+    "run",
+]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy so that `import fedpoison` (and the CLI's --help) does not pay for torch.
-    if name == "RunConfig":
-        from fedpoison.config import RunConfig
+    # Lazy so that `import fedpoison` (and `fedpoison --version`) does not pay for torch.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fedpoison' has no attribute {name!r}")
+    import importlib
 
-        return RunConfig
-    if name in ("run", "RunResult"):
-        from fedpoison import simulation
-
-        return getattr(simulation, name)
-    raise AttributeError(name)
+    return getattr(importlib.import_module(module), name)

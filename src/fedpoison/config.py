@@ -1,10 +1,16 @@
-"""RunConfig: every knob of one simulated federated-learning run, validated up front.
+"""RunConfig: every knob of one simulated federated-learning run, resolved and validated once.
 
-Defaults follow the paper's Table 1 and Section 4.1 (m = 100, c = 20, p = 0.5, ε = 0.01,
-β = c, batch 32 — 64 for Fashion-MNIST, one local SGD round, all workers every iteration).
-``None`` means "the documented default for this dataset/model"; ``resolved()`` fills them
-in, and the config hash is taken over the resolved values so that a result is keyed by what
-actually ran.
+Defaults follow the paper's Table 1 and Section 4.1 (m = 100, c = 20, p = 0.5, one local SGD
+round, all workers every iteration). Components (rule, attack, defense, pre-aggregators,
+dataset, model) are named here and configured through their own options
+(``rule_options={"beta": 20}``); each component's spec says which options it takes, their
+defaults and ranges (``fedpoison list``). ``None`` in a field means "the documented default
+for this dataset/model"; :meth:`RunConfig.resolve` fills every default in and validates the
+result exactly once, and the run's key is a hash of that resolved config.
+
+Older flat keys (``beta``, ``epsilon``, ``b``, ``direction``, ``poison_budget``,
+``poison_placement``) are aliases that components declare for their options; a config
+dict or the CLI may still use them.
 """
 
 from __future__ import annotations
@@ -13,65 +19,96 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedpoison.errors import ConfigError
 
-KNOWLEDGE = ("full", "partial")
-GOALS = ("directed", "deviation")
-DIRECTIONS = ("mean", "rule")
 DEVICES = ("auto", "cpu", "cuda")
-PLACEMENTS = ("uniform", "single-worker")
 
-# Learning rate of local SGD per (dataset, model): the paper does not state it (see
-# docs/choices.md, "Learning rates", for how each was chosen and what it gives).
-DEFAULT_LR: dict[tuple[str, str], float] = {
-    ("mnist", "lr"): 0.1,
-    ("fashion-mnist", "lr"): 0.1,
-    ("breast-cancer", "lr"): 0.1,
-    ("ch-mnist", "lr"): 0.1,
-    ("mnist", "cnn"): 0.1,
-    ("fashion-mnist", "cnn"): 0.1,
-    ("ch-mnist", "resnet20"): 0.1,
-    ("breast-cancer", "mlp"): 1.0,
+#: Config fields that hold a component's options, by component kind.
+OPTION_FIELDS: dict[str, str] = {
+    "rule": "rule_options",
+    "attack": "attack_options",
+    "defense": "defense_options",
 }
-DEFAULT_BATCH: dict[str, int] = {"fashion-mnist": 64}
-DEFAULT_ITERATIONS: dict[str, int] = {"lr": 500}  # DNNs: 2000 (Section 4.1)
+
+#: Largest number of simulated workers: a worker costs a few bytes of bookkeeping, but the
+#: partition and the per-iteration matrices are indexed with int64 and held in memory.
+MAX_WORKERS = 10_000_000
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+def _freeze(options: Any) -> dict[str, Any]:
+    return dict(options) if isinstance(options, Mapping) else options
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """One run. Field names are the CLI's option names with ``_`` for ``-``."""
 
-    dataset: str = "mnist"
-    model: str = "lr"
-    rule: str = "mean"
-    workers: int = 100
-    compromised: int = 20
-    noniid: float = 0.5
-    iterations: int | None = None
-    sample: int | None = None  # workers picked per iteration; None = all
-    local_rounds: int = 1
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int = 0
-    attack: str = "none"
-    knowledge: str = "full"
-    goal: str = "directed"
-    direction: str = "mean"  # full knowledge: how s is estimated ("mean" or "rule")
-    epsilon: float = 0.01
-    b: float = 2.0
-    f: int | None = None  # server's assumed number of compromised workers
-    beta: int | None = None  # trimmed mean's β; None = f
-    poison_fraction: float = 1.0
-    defense: str = "none"
-    validation_size: int = 100
-    train_subset: int | None = None  # use n uniformly sampled training examples (Table 5)
-    poison_budget: float = 0.04  # data poisoning: poisoned points / training examples (4.4)
-    poison_placement: str = "uniform"  # data poisoning: "uniform" or "single-worker" (4.4)
-    eval_every: int = 10
-    device: str = "cpu"
+    dataset: str = field(default="mnist", metadata=_help("dataset (fedpoison list datasets)"))
+    model: str = field(default="lr", metadata=_help("model (fedpoison list models)"))
+    rule: str = field(default="mean", metadata=_help(
+        "the server's aggregation rule (fedpoison list rules)"))
+    workers: int = field(default=100, metadata=_help("number of worker devices m"))
+    compromised: int = field(default=20, metadata=_help(
+        "number of compromised workers c (< workers)"))
+    noniid: float = field(default=0.5, metadata=_help(
+        "degree of non-IID p in [0, 1] of the paper's split (1/classes = IID)"))
+    iterations: int | None = field(default=None, metadata=_help(
+        "global iterations (default: 500 for lr, 2000 for neural networks)"))
+    sample: int | None = field(default=None, metadata=_help(
+        "workers sampled per iteration, at most workers (default: all)"))
+    local_rounds: int = field(default=1, metadata=_help("local SGD steps per iteration"))
+    batch_size: int | None = field(default=None, metadata=_help(
+        "local mini-batch size (default: the dataset's, 32; 64 for fashion-mnist)"))
+    lr: float | None = field(default=None, metadata=_help(
+        "local SGD learning rate > 0 (default: the model's for this dataset, docs/choices.md)"))
+    seed: int = field(default=0, metadata=_help("seed of every random stream of the run"))
+    attack: str = field(default="none", metadata=_help(
+        "attack of the compromised workers (fedpoison list attacks)"))
+    knowledge: str | None = field(default="full", metadata=_help(
+        "model attacks: what the attacker sees, full or partial (Section 2.3)"))
+    goal: str | None = field(default="directed", metadata=_help(
+        "model attacks: directed (Section 3) or deviation (Appendix B)"))
+    f: int | None = field(default=None, metadata=_help(
+        "the server's assumed number of compromised workers among those it aggregates "
+        "(default: c, or ceil(c·sample/workers) when sampling)"))
+    poison_fraction: float = field(default=1.0, metadata=_help(
+        "fraction of iterations the attack poisons, in [0, 1] (Figure 5c)"))
+    defense: str = field(default="none", metadata=_help(
+        "defense before aggregation (fedpoison list defenses)"))
+    validation_size: int = field(default=100, metadata=_help(
+        "examples of the server's validation set, drawn from the test set (Section 5)"))
+    train_subset: int | None = field(default=None, metadata=_help(
+        "train on n uniformly sampled training examples (Table 5; default: all)"))
+    eval_every: int = field(default=10, metadata=_help("iterations between test evaluations"))
+    device: str = field(default="cpu", metadata=_help("cpu, cuda or auto"))
+    rule_options: Mapping[str, Any] = field(default_factory=dict, metadata=_help(
+        "options of the rule, e.g. {beta: 20}"))
+    attack_options: Mapping[str, Any] = field(default_factory=dict, metadata=_help(
+        "options of the attack, e.g. {epsilon: 0.1}"))
+    defense_options: Mapping[str, Any] = field(default_factory=dict, metadata=_help(
+        "options of the defense"))
+    preaggregators: tuple[Any, ...] = field(default=(), metadata=_help(
+        "pre-aggregation steps before the rule, in order: names or {name, options}"))
+
+    def __post_init__(self) -> None:
+        for name in (*OPTION_FIELDS.values(),):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, {})
+            elif not isinstance(value, Mapping):
+                raise ConfigError(name, f"must be a mapping of option names to values, got "
+                                        f"{value!r}")
+            else:
+                object.__setattr__(self, name, dict(value))
+        object.__setattr__(self, "preaggregators", _preagg_tuple(self.preaggregators))
 
     # ------------------------------------------------------------------ defaults
     @property
@@ -79,154 +116,128 @@ class RunConfig:
         """Number of local models the server aggregates each iteration."""
         return self.workers if self.sample is None else self.sample
 
-    def resolved(self) -> RunConfig:
-        """The same config with every ``None`` replaced by its documented default.
+    def resolve(self) -> RunConfig:
+        """The same config with every default filled in, validated: the config that runs.
 
-        f defaults to c (a strong server that knows c, Section 2.3); when only k of m workers
-        are sampled per iteration it defaults to ⌈c·k/m⌉, the expected compromised share of a
-        sample rounded up. β defaults to f (Section 4.1).
+        Raises ``ConfigError`` naming the first invalid field and its allowed range. A
+        resolved config resolves to itself; nothing is validated twice.
         """
-        self.validate()
-        lr = self.lr if self.lr is not None else DEFAULT_LR.get((self.dataset, self.model), 0.1)
-        batch = self.batch_size if self.batch_size is not None else DEFAULT_BATCH.get(
-            self.dataset, 32
-        )
-        iterations = (
-            self.iterations
-            if self.iterations is not None
-            else DEFAULT_ITERATIONS.get(self.model, 2000)
-        )
-        f = self.f
-        if f is None:
-            k = self.per_iteration
-            f = self.compromised if k == self.workers else math.ceil(
-                self.compromised * k / self.workers
-            )
-        beta = self.beta if self.beta is not None else f
-        out = dataclasses.replace(
-            self, lr=lr, batch_size=batch, iterations=iterations, f=f, beta=beta
-        )
-        out._check_rule()
+        if getattr(self, "_resolved", False):
+            return self
+        from fedpoison.resolve import resolve_config
+
+        out = resolve_config(self)
+        object.__setattr__(out, "_resolved", True)
         return out
 
-    # ---------------------------------------------------------------- validation
-    def validate(self) -> None:
-        """Raise ConfigError naming the first invalid field and its allowed range."""
-        from fedpoison.aggregators import AGGREGATORS
-        from fedpoison.attacks import attack_names
-        from fedpoison.data import DATASETS
-        from fedpoison.defenses import DEFENSES
-        from fedpoison.models import MODELS
-
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("model", self.model, tuple(MODELS))
-        _choice("rule", self.rule, tuple(AGGREGATORS))
-        _choice("attack", self.attack, attack_names())
-        _choice("knowledge", self.knowledge, KNOWLEDGE)
-        _choice("goal", self.goal, GOALS)
-        _choice("direction", self.direction, DIRECTIONS)
-        _choice("defense", self.defense, tuple(DEFENSES))
-        _choice("device", self.device, DEVICES)
-        _int_range("workers", self.workers, 1, None)
-        _int_range("compromised", self.compromised, 0, self.workers - 1,
-                   "must be smaller than workers")
-        _float_range("noniid", self.noniid, 0.0, 1.0)
-        if self.iterations is not None:
-            _int_range("iterations", self.iterations, 1, None)
-        if self.sample is not None:
-            _int_range("sample", self.sample, 1, self.workers, "at most workers")
-        _int_range("local_rounds", self.local_rounds, 1, None)
-        if self.batch_size is not None:
-            _int_range("batch_size", self.batch_size, 1, None)
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError("lr", f"must be a finite number > 0, got {self.lr}")
-        _int_range("seed", self.seed, 0, 2**63 - 1)
-        _float_range("epsilon", self.epsilon, 0.0, None)
-        if not (math.isfinite(self.b) and self.b > 1):
-            raise ConfigError("b", f"must be a finite number > 1, got {self.b}")
-        if self.f is not None:
-            _int_range("f", self.f, 0, self.per_iteration - 1)
-        if self.beta is not None:
-            _int_range("beta", self.beta, 0, (self.per_iteration - 1) // 2,
-                       "2·beta must be smaller than the number of aggregated models")
-        _float_range("poison_fraction", self.poison_fraction, 0.0, 1.0)
-        _int_range("validation_size", self.validation_size, 1, None)
-        _int_range("eval_every", self.eval_every, 1, None)
-        if self.train_subset is not None:
-            _int_range("train_subset", self.train_subset, 1, None)
-        _float_range("poison_budget", self.poison_budget, 0.0, None)
-        _choice("poison_placement", self.poison_placement, PLACEMENTS)
-        if self.attack != "none" and self.compromised == 0:
-            raise ConfigError("compromised", f"attack {self.attack!r} needs compromised >= 1")
-        from fedpoison.attacks import MODEL_ATTACKS, check_model_attack
-
-        if self.attack in MODEL_ATTACKS:
-            try:
-                check_model_attack(self.attack, self.knowledge, self.goal)
-            except ValueError as e:
-                raise ConfigError("goal", str(e)) from None
-
-    def _check_rule(self) -> None:
-        from fedpoison.aggregators import check_aggregator
-        from fedpoison.defenses.rejection import check_defense
-
-        options = {"beta": self.beta} if self.rule == "trimmed-mean" else {}
-        k = self.per_iteration
-        try:
-            check_aggregator(self.rule, k, self.f, **options)
-        except ValueError as e:
-            raise ConfigError("rule", str(e)) from None
-        if self.defense != "none":
-            # A defense aggregates every k − 1 models and the models left after dropping
-            # (Section 5), so the rule must accept those counts too.
-            try:
-                check_defense(self.defense, self.rule, k, self.f, self.beta)
-            except ValueError as e:
-                raise ConfigError("defense", str(e)) from None
+    resolved = resolve  # the earlier name
 
     # ----------------------------------------------------------------- identity
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["preaggregators"] = [{"name": n, "options": dict(o)} for n, o in self.preaggregators]
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            allowed = ", ".join(sorted(known))
-            raise ConfigError(unknown[0], f"unknown config field; known: {allowed}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        """A config from a mapping: field names, dotted option keys (``rule_options.beta``),
+        and the option aliases components declare (``beta``). Unknown keys raise."""
+        from fedpoison.resolve import normalize
+
+        return cls(**normalize(d))
 
     def config_hash(self) -> str:
-        """SHA-256 (hex, 16 chars) of the resolved config and the code: a run's key.
+        """SHA-256 (hex, 16 chars) of the resolved config, the code and the data: a run's key.
 
-        The package's source fingerprint is included, so results of different code never
-        share a key (a store recomputes after the code changes instead of reusing them).
+        The code is a fingerprint of the package and of every user component the run uses
+        (comments and docstrings ignored), so a store never serves a result of other code;
+        a user dataset's content hash is included likewise.
         """
-        from fedpoison.provenance import code_fingerprint
+        from fedpoison.provenance import run_fingerprint
 
-        payload = {"config": self.resolved().to_dict(), "code": code_fingerprint()}
+        cfg = self.resolve()
+        payload = {"config": cfg.to_dict(), **run_fingerprint(cfg)}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(name, f"got {value!r}; allowed: {', '.join(allowed)}")
+def _preagg_tuple(value: Any) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """Normalize pre-aggregators to ``((name, options), ...)``.
+
+    Accepts names, ``"name:k=v,k=v"`` strings, ``{"name": ..., "options": {...}}`` mappings
+    and ``(name, options)`` pairs.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str | Mapping):
+        value = [value]
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            out.append(parse_component_string(item, "preaggregators"))
+        elif isinstance(item, Mapping):
+            unknown = set(item) - {"name", "options"}
+            if "name" not in item or unknown:
+                raise ConfigError("preaggregators", f"each item needs 'name' and optional "
+                                                    f"'options', got {dict(item)!r}")
+            out.append((str(item["name"]), dict(item.get("options") or {})))
+        elif isinstance(item, tuple | list) and len(item) == 2:
+            out.append((str(item[0]), dict(item[1] or {})))
+        else:
+            raise ConfigError("preaggregators", f"got {item!r}; give a name, 'name:k=v' or "
+                                                "{name, options}")
+    return tuple(out)
 
 
-def _int_range(name: str, value: Any, lo: int, hi: int | None, why: str = "") -> None:
+def parse_component_string(text: str, what: str) -> tuple[str, dict[str, Any]]:
+    """``"bucketing:s=2,shuffle=true"`` -> ``("bucketing", {"s": "2", "shuffle": "true"})``
+    (values are converted to the option's type when the config is resolved)."""
+    name, _, rest = text.partition(":")
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, val = part.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(what, f"{text!r}: options are key=value pairs, got {part!r}")
+        options[key.strip()] = val.strip()
+    if not name.strip():
+        raise ConfigError(what, f"{text!r}: a component name comes first")
+    return name.strip(), options
+
+
+def config_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(RunConfig))
+
+
+def field_help(name: str) -> str:
+    return next(f.metadata.get("help", "") for f in fields(RunConfig) if f.name == name)
+
+
+def check_int(name: str, value: Any, lo: int, hi: int | None, why: str = "") -> int:
+    """``value`` as an int in ``[lo, hi]``, else ``ConfigError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(name, f"must be an integer, got {value!r}")
     if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        rng = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer ≥ {lo}"
         extra = f" ({why})" if why else ""
-        raise ConfigError(name, f"must be in {rng}{extra}, got {value}")
+        raise ConfigError(name, f"must be {rng}{extra}, got {value}")
+    return value
 
 
-def _float_range(name: str, value: Any, lo: float, hi: float | None) -> None:
+def check_float(name: str, value: Any, lo: float, hi: float | None, *,
+                low_open: bool = False) -> float:
+    """``value`` as a finite float in the range, else ``ConfigError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(name, f"must be a finite number, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ConfigError(name, f"must be in {rng}, got {value}")
+    bad = value <= lo if low_open else value < lo
+    if bad or (hi is not None and value > hi):
+        left = "(" if low_open else "["
+        rng = (f"a number in {left}{lo:g}, {hi:g}]" if hi is not None
+               else f"a number {'>' if low_open else '≥'} {lo:g}")
+        raise ConfigError(name, f"must be {rng}, got {value}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(name, f"got {value!r}; allowed: {', '.join(allowed)}")
+    return value

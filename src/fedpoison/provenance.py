@@ -1,25 +1,113 @@
-"""Which code produced a result: a fingerprint of the installed package's source."""
+"""Which code and data produced a result: fingerprints that are part of every run's key.
+
+The code fingerprint covers the package's own source and the module of every user
+component a run uses (a rule, attack, model, ... registered from outside the package or
+through a plugin). Sources are compared as syntax trees without docstrings, so editing a
+comment or a docstring keeps every stored run, while any change to what the code does makes
+a store recompute. A user dataset's content hash is added likewise.
+"""
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import inspect
+import marshal
+import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
+
+PACKAGE = "fedpoison"
+
+
+def normalized_source(source: str) -> str:
+    """The syntax tree of ``source`` without docstrings, as text (comments vanish too)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """SHA-256 (hex, 12 chars) of every ``.py`` and ``.yaml`` file of the package.
-
-    Part of every run's key (``RunConfig.config_hash``), so a results store never serves a
-    result computed by different code: editing an attack after a sweep makes the next sweep
-    recompute instead of silently reusing stale numbers.
-    """
+    """SHA-256 (hex, 12 chars) of every ``.py`` file of the package, normalized."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml")):
+    for path in sorted(root.rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode())
         h.update(b"\0")
-        h.update(path.read_bytes())
+        h.update(_digest(normalized_source(path.read_text(encoding="utf-8"))).encode())
         h.update(b"\0")
     return h.hexdigest()[:12]
+
+
+@lru_cache(maxsize=256)
+def _module_fingerprint(module: str) -> str | None:
+    mod = sys.modules.get(module)
+    if mod is None:
+        return None
+    try:
+        return _digest(normalized_source(inspect.getsource(mod)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+
+
+def component_fingerprint(impl: Any) -> str:
+    """The fingerprint of the code that defines ``impl``: its module's normalized source,
+    else the function's own source, else its compiled code (interactive sessions)."""
+    module = getattr(impl, "__module__", "") or ""
+    if module and module != "__main__":
+        fp = _module_fingerprint(module)
+        if fp is not None:
+            return fp
+    try:
+        return _digest(normalized_source(_dedent(inspect.getsource(impl))))
+    except (OSError, TypeError, SyntaxError):
+        pass
+    code = getattr(impl, "__code__", None)
+    if code is not None:
+        return hashlib.sha256(marshal.dumps(code)).hexdigest()
+    return _digest(repr(impl))
+
+
+def _dedent(source: str) -> str:
+    import textwrap
+
+    return textwrap.dedent(source)
+
+
+def _outside_package(impl: Any) -> bool:
+    module = getattr(impl, "__module__", "") or ""
+    return not (module == PACKAGE or module.startswith(PACKAGE + "."))
+
+
+def run_fingerprint(cfg: Any) -> dict[str, Any]:
+    """``{"code": ..., ["data": ...]}`` for a resolved config (see the module docstring)."""
+    from fedpoison import registry
+
+    used = [registry.get("dataset", cfg.dataset), registry.get("model", cfg.model),
+            registry.get("rule", cfg.rule)]
+    used += [registry.get("preaggregator", name) for name, _ in cfg.preaggregators]
+    if cfg.attack != "none":
+        used.append(registry.get("attack", cfg.attack))
+    if cfg.defense != "none":
+        used.append(registry.get("defense", cfg.defense))
+    extra = sorted({f"{s.kind}:{s.name}:{component_fingerprint(s.impl)}"
+                    for s in used if _outside_package(s.impl)})
+    code = code_fingerprint()
+    if extra:
+        code = hashlib.sha256("\n".join([code, *extra]).encode()).hexdigest()[:12]
+    out: dict[str, Any] = {"code": code}
+    data = used[0].fingerprint
+    if data:
+        out["data"] = data
+    return out

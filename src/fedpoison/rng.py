@@ -1,7 +1,8 @@
 """Independent, reproducible random streams derived from one run seed.
 
 Each part of a run (data split, choice of compromised workers, local SGD batches, worker
-sampling, attack noise, poisoned-iteration schedule, validation set) draws from its own
+sampling, attack noise, poisoned-iteration schedule, validation set, the server's own
+randomness) draws from its own
 stream, so changing one part (e.g. the attack) leaves the others' draws unchanged: a run
 with and without an attack share the same split, compromised workers and batches.
 """
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 STREAMS = ("split", "compromised", "init", "train", "sample", "attack", "schedule", "validation",
-           "subset")
+           "subset", "server")
 
 
 def generator(seed: int, stream: str) -> torch.Generator:

@@ -1,11 +1,13 @@
 """One federated-learning run under attack: the loop of the paper's Section 2.1.
 
 Each iteration: the server sends the global model w_Re to the sampled workers (Step I); all
-of them run local SGD in one batched computation (Step II); the compromised workers replace
-their local models with crafted ones when this iteration is poisoned (Section 3); an optional
-defense drops suspected models (Section 5); the server's rule aggregates the rest (Step III).
-A run is a pure function of its config: the same config gives the same numbers, bit for bit
-on CPU.
+of them run local SGD in one batched computation (Step II); the adversary replaces the
+compromised workers' local models with crafted ones when this iteration is poisoned
+(Section 3); the server's defense drops suspected models (Section 5) and its pre-aggregators
+and rule aggregate the rest (Step III). :func:`prepare` builds a :class:`Setup` (task,
+:class:`~fedpoison.server.Server`, :class:`~fedpoison.adversary.Adversary`) from a resolved
+config, :meth:`Setup.step` runs one iteration, :func:`run` the whole loop. A run is a pure
+function of its config: the same config gives the same numbers, bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -21,24 +23,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedpoison import __version__
-from fedpoison.aggregators import get_aggregator
-from fedpoison.attacks import (
-    DATA_ATTACKS,
-    MODEL_ATTACKS,
-    AttackContext,
-    AttackOptions,
-    DataAttackContext,
-    TrainingData,
-)
+from fedpoison import __version__, registry
+from fedpoison.adversary import Adversary, poisoned_iterations
+from fedpoison.attacks.base import DataAttackContext, TrainingData
 from fedpoison.config import RunConfig
 from fedpoison.data import Dataset, Partition, load, noniid_partition
-from fedpoison.defenses import DEFENSES, DefenseContext
+from fedpoison.defenses.base import BoundDefense
+from fedpoison.errors import ConfigError
 from fedpoison.models import build_model
 from fedpoison.rng import generator
+from fedpoison.server import Notes, Server, ServerData, bind_pipeline
 from fedpoison.tasks import Task
 
 PHASES = ("setup", "train", "attack", "defense", "aggregate", "evaluate")
+
+__all__ = ["PHASES", "RunResult", "Setup", "poisoned_iterations", "prepare", "run",
+           "summarize_notes", "training_subset"]
 
 
 @dataclass
@@ -95,19 +95,9 @@ def summarize_notes(notes: dict[str, list[float]]) -> dict[str, dict[str, float]
     return out
 
 
-def poisoned_iterations(iterations: int, fraction: float, g: torch.Generator) -> Tensor:
-    """Bool [iterations]: exactly round(fraction·T) iterations, chosen uniformly at random."""
-    n = round(fraction * iterations)
-    mask = torch.zeros(iterations, dtype=torch.bool)
-    mask[torch.randperm(iterations, generator=g)[:n]] = True
-    return mask
-
-
 def training_subset(ds: Dataset, n: int, g: torch.Generator) -> Dataset:
     """``n`` training examples sampled uniformly without replacement (Section 4.4)."""
     if n > ds.x_train.shape[0]:
-        from fedpoison.errors import ConfigError
-
         raise ConfigError("train_subset", f"at most {ds.x_train.shape[0]} for {ds.name}, got {n}")
     keep = torch.randperm(ds.x_train.shape[0], generator=g)[:n].sort()[0]
     return dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
@@ -117,10 +107,142 @@ def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from fedpoison.errors import ConfigError
-
         raise ConfigError("device", "cuda requested but torch.cuda.is_available() is False")
     return torch.device(name)
+
+
+@dataclass
+class Setup:
+    """Everything one run needs, built once by :func:`prepare`."""
+
+    config: RunConfig
+    task: Task
+    server: Server
+    adversary: Adversary
+    w0: Tensor
+    labels_clean: Tensor
+    labels_poisoned: Tensor
+    train_generator: torch.Generator
+    sample_generator: torch.Generator
+
+    def workers(self) -> Tensor:
+        """The workers of this iteration: all of them, or a sorted uniform sample of k."""
+        m, k = self.config.workers, self.config.per_iteration
+        if k == m:
+            return torch.arange(m)
+        return torch.randperm(m, generator=self.sample_generator)[:k].sort()[0]
+
+    def step(self, w: Tensor, t: int, notes: Notes,
+             timings: dict[str, float] | None = None) -> Tensor:
+        """Iteration ``t`` (1-based) from the global model ``w``: the next global model."""
+        cfg = self.config
+        tic = time.perf_counter()
+        workers = self.workers()
+        attacked = bool(self.adversary.schedule[t - 1])
+        labels = self.labels_poisoned if attacked else self.labels_clean
+        W = self.task.local_train(w, workers, labels, cfg.local_rounds, self.train_generator)
+        toc = _lap(timings, "train", tic)
+
+        # The direction the local models moved before any attack (their mean), for the
+        # against_mean_direction diagnostic.
+        mean_direction = torch.sign(W.mean(0) - w)
+        crafted = self.adversary.craft(W, workers, w, t, notes)
+        if self.adversary.crafts_models and attacked:
+            toc = _lap(timings, "attack", toc)
+
+        if self.server.defense is not None:
+            W, crafted = self.server.defend(W, w, t, notes, crafted)
+            toc = _lap(timings, "defense", toc)
+        w_next = self.server.aggregate(W, w, t, notes, crafted)
+        moved = mean_direction != 0
+        notes.setdefault("against_mean_direction", []).append(
+            float((torch.sign(w_next - w)[moved] != mean_direction[moved]).float().mean())
+            if bool(moved.any()) else math.nan)
+        _lap(timings, "aggregate", toc)
+        return w_next
+
+
+def _lap(timings: dict[str, float] | None, phase: str, since: float) -> float:
+    now = time.perf_counter()
+    if timings is not None:
+        timings[phase] += now - since
+    return now
+
+
+def prepare(config: RunConfig, dataset: Dataset | None = None,
+            progress: bool = False) -> Setup:
+    """Build the task, server and adversary of ``config`` (resolved here if it is not)."""
+    cfg = config.resolve()
+    assert cfg.iterations is not None and cfg.f is not None and cfg.batch_size is not None
+    assert cfg.lr is not None
+    device = _resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.model != "lr":
+        # Large per-iteration activations: keep freed memory for reuse (models/batched.py).
+        from fedpoison.models.batched import tune_cpu_allocator
+
+        tune_cpu_allocator()
+
+    ds = dataset if dataset is not None else load(cfg.dataset, seed=cfg.seed)
+    if cfg.train_subset is not None:
+        ds = training_subset(ds, cfg.train_subset, generator(cfg.seed, "subset"))
+    model = build_model(cfg.model, ds)
+    m, c = cfg.workers, cfg.compromised
+    partition = noniid_partition(
+        ds.y_train, m, cfg.noniid, ds.num_classes, generator(cfg.seed, "split")
+    )
+    # Which workers are compromised: a seeded uniform choice (see docs/choices.md).
+    compromised = torch.randperm(m, generator=generator(cfg.seed, "compromised"))[:c].sort()[0]
+    schedule = poisoned_iterations(cfg.iterations, cfg.poison_fraction,
+                                   generator(cfg.seed, "schedule"))
+    adversary = Adversary.build(
+        cfg.attack, cfg.attack_options, compromised=compromised, workers=m, schedule=schedule,
+        knowledge=cfg.knowledge, goal=cfg.goal, f=cfg.f, generator=generator(cfg.seed, "attack"),
+        server_rule=cfg.rule, server_rule_options=cfg.rule_options,
+        server_preaggs=cfg.preaggregators,
+    )
+
+    clean = TrainingData(x=ds.x_train, y=ds.y_train, owner=partition.owner)
+    poisoned_data = adversary.poison_data(DataAttackContext(
+        clean, compromised, ds.num_classes, generator(cfg.seed, "attack"), seed=cfg.seed,
+        dataset=cfg.dataset, train_subset=cfg.train_subset, progress=progress))
+    if poisoned_data.owner is not partition.owner:
+        partition = Partition.from_owner(poisoned_data.owner, m)
+    task = Task(
+        ds, model, partition, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
+        x_train=poisoned_data.x,
+    )
+    labels_poisoned = poisoned_data.y.to(device)
+    # Label-changing attacks honour the poisoned-iteration schedule; an attack that adds
+    # examples (e.g. back-gradient poisoning) is in the data for the whole run.
+    same_examples = poisoned_data.x is clean.x
+    labels_clean = clean.y.to(device) if same_examples else labels_poisoned
+
+    pipeline = bind_pipeline(cfg.rule, cfg.rule_options, cfg.preaggregators)
+    defense = None
+    if cfg.defense != "none":
+        spec = registry.get("defense", cfg.defense)
+        defense = BoundDefense(spec, cfg.defense_options)
+    server_data = None
+    if (defense is not None and defense.spec.needs_validation) or "server_data" in pipeline.needs:
+        server_data = _server_data(task, cfg)
+    server = Server(pipeline, cfg.f, generator(cfg.seed, "server"), defense, server_data)
+
+    w0 = model.init(generator(cfg.seed, "init")).to(device)
+    return Setup(cfg, task, server, adversary, w0, labels_clean, labels_poisoned,
+                 generator(cfg.seed, "train"), generator(cfg.seed, "sample"))
+
+
+def _server_data(task: Task, cfg: RunConfig) -> ServerData:
+    """The server's validation set: examples sampled from the test set (Section 5)."""
+    n_test = task.x_test.shape[0]
+    val = torch.randperm(n_test, generator=generator(cfg.seed, "validation"))
+    val = val[: min(cfg.validation_size, n_test)].to(task.device)
+    x_val, y_val = task.x_test[val], task.y_test[val]
+
+    def evaluate(models: Tensor) -> tuple[Tensor, Tensor]:
+        return task.evaluate_many(models, x_val, y_val)
+
+    return ServerData(x_val, y_val, evaluate)
 
 
 def run(
@@ -137,138 +259,21 @@ def run(
     """
     t_start = time.perf_counter()
     timings = dict.fromkeys(PHASES, 0.0)
-    cfg = config.resolved()
-    assert cfg.iterations is not None and cfg.f is not None and cfg.batch_size is not None
-    assert cfg.lr is not None
-    device = _resolve_device(cfg.device)
-    if device.type == "cpu" and cfg.model != "lr":
-        # Large per-iteration activations: keep freed memory for reuse (models/batched.py).
-        from fedpoison.models.batched import tune_cpu_allocator
-
-        tune_cpu_allocator()
-
-    ds = dataset if dataset is not None else load(cfg.dataset, seed=cfg.seed)
-    if cfg.train_subset is not None:
-        ds = training_subset(ds, cfg.train_subset, generator(cfg.seed, "subset"))
-    model = build_model(cfg.model, ds)
-    m, c, k = cfg.workers, cfg.compromised, cfg.per_iteration
-    partition = noniid_partition(
-        ds.y_train, m, cfg.noniid, ds.num_classes, generator(cfg.seed, "split")
-    )
-    # Which workers are compromised: a seeded uniform choice (see docs/choices.md).
-    compromised = torch.randperm(m, generator=generator(cfg.seed, "compromised"))[:c].sort()[0]
-    is_compromised = torch.zeros(m, dtype=torch.bool)
-    is_compromised[compromised] = True
-
-    clean = TrainingData(x=ds.x_train, y=ds.y_train, owner=partition.owner)
-    poisoned_data = clean
-    if cfg.attack in DATA_ATTACKS:
-        poisoned_data = DATA_ATTACKS[cfg.attack](
-            DataAttackContext(clean, compromised, ds.num_classes, generator(cfg.seed, "attack"),
-                              config=cfg)
-        )
-        if poisoned_data.owner is not partition.owner:
-            partition = Partition.from_owner(poisoned_data.owner, m)
-    task = Task(
-        ds, model, partition, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
-        x_train=poisoned_data.x,
-    )
-    labels_poisoned = poisoned_data.y.to(device)
-    # Label-changing attacks honour the poisoned-iteration schedule; an attack that adds
-    # examples (e.g. back-gradient poisoning) is in the data for the whole run.
-    same_examples = poisoned_data.x is clean.x
-    labels_clean = clean.y.to(device) if same_examples else labels_poisoned
-
-    aggregate = get_aggregator(cfg.rule, **({"beta": cfg.beta} if cfg.rule == "trimmed-mean"
-                                           else {}))
-    craft = MODEL_ATTACKS.get(cfg.attack)
-    options = AttackOptions(goal=cfg.goal, epsilon=cfg.epsilon, b=cfg.b,  # type: ignore[arg-type]
-                            direction=cfg.direction)  # type: ignore[arg-type]
-    schedule = poisoned_iterations(cfg.iterations, cfg.poison_fraction,
-                                   generator(cfg.seed, "schedule"))
-    g_train = generator(cfg.seed, "train")
-    g_sample = generator(cfg.seed, "sample")
-    g_attack = generator(cfg.seed, "attack")
-
-    defend = DEFENSES[cfg.defense]
-    evaluate_validation = None
-    if defend is not None:
-        # The server's validation set: examples sampled from the test set (Section 5).
-        n_test = ds.x_test.shape[0]
-        val = torch.randperm(n_test, generator=generator(cfg.seed, "validation"))
-        val = val[: min(cfg.validation_size, n_test)].to(device)
-        x_val, y_val = task.x_test[val], task.y_test[val]
-
-        def evaluate_validation(models: Tensor) -> tuple[Tensor, Tensor]:
-            return task.evaluate_many(models, x_val, y_val)
-
-    w = model.init(generator(cfg.seed, "init")).to(device)
-    all_workers = torch.arange(m)
+    setup = prepare(config, dataset, progress)
+    cfg = setup.config
+    assert cfg.iterations is not None
     curve: list[tuple[int, float]] = []
     loss_curve: list[tuple[int, float]] = []
-    notes: dict[str, list[float]] = {}
+    notes: Notes = {}
     timings["setup"] = time.perf_counter() - t_start
 
+    w = setup.w0
     bar = _progress_bar(cfg, progress)
     for t in range(1, cfg.iterations + 1):
-        tic = time.perf_counter()
-        workers = all_workers if k == m else torch.randperm(m, generator=g_sample)[:k].sort()[0]
-        attacked = bool(schedule[t - 1])
-        labels = labels_poisoned if attacked else labels_clean
-        W = task.local_train(w, workers, labels, cfg.local_rounds, g_train)
-        toc = time.perf_counter()
-        timings["train"] += toc - tic
-
-        # The direction the local models moved before any attack (their mean), for the
-        # against_mean_direction diagnostic.
-        mean_direction = torch.sign(W.mean(0) - w)
-        crafted: Tensor | None = None
-        if craft is not None and attacked:
-            rows = is_compromised[workers].to(device)
-            if bool(rows.any()):
-                crafted = rows
-                ctx = AttackContext(
-                    compromised=W[rows],
-                    benign=W[~rows] if cfg.knowledge == "full" else None,
-                    w_re=w,
-                    m=k,
-                    knowledge=cfg.knowledge,  # type: ignore[arg-type]
-                    assumed_rule=cfg.attack,
-                    f=cfg.f,
-                    beta=cfg.beta,
-                    generator=g_attack,
-                    options=options,
-                    notes=notes,
-                )
-                W[rows] = craft(ctx).to(W.dtype)
-            tic = time.perf_counter()
-            timings["attack"] += tic - toc
-            toc = tic
-
-        if defend is not None and evaluate_validation is not None:
-            drop = defend(DefenseContext(W=W, f=cfg.f, rule=cfg.rule, beta=cfg.beta,
-                                         evaluate=evaluate_validation))
-            keep = torch.ones(W.shape[0], dtype=torch.bool, device=W.device)
-            keep[drop] = False
-            W = W[keep]
-            crafted = None if crafted is None else crafted[keep]
-            tic = time.perf_counter()
-            timings["defense"] += tic - toc
-            toc = tic
-
-        w_prev, w = w, aggregate(W, cfg.f)
-        moved = mean_direction != 0
-        notes.setdefault("against_mean_direction", []).append(
-            float((torch.sign(w - w_prev)[moved] != mean_direction[moved]).float().mean())
-            if bool(moved.any()) else math.nan)
-        if crafted is not None and cfg.rule == "krum":  # did Krum pick a crafted model?
-            notes.setdefault("krum_selected_crafted", []).append(
-                float(bool((W[crafted] == w).all(1).any())))
-        tic = time.perf_counter()
-        timings["aggregate"] += tic - toc
-
+        w = setup.step(w, t, notes, timings)
         if t % cfg.eval_every == 0 or t == cfg.iterations:
-            ev = task.evaluate(w)
+            tic = time.perf_counter()
+            ev = setup.task.evaluate(w)
             curve.append((t, ev.error))
             loss_curve.append((t, ev.loss))
             if on_evaluate is not None:
@@ -295,9 +300,9 @@ def run(
 
 
 def _progress_bar(cfg: RunConfig, enabled: bool) -> Any:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     desc = f"{cfg.dataset}/{cfg.model} {cfg.rule}"
     if cfg.attack != "none":
-        desc += f" ← {cfg.attack}({cfg.knowledge})"
+        desc += f" ← {cfg.attack}" + (f"({cfg.knowledge})" if cfg.knowledge else "")
     return tqdm(total=cfg.iterations, desc=desc, disable=not enabled, unit="it", leave=False)

@@ -96,12 +96,12 @@ class Task:
         """
         k = workers.numel()
         W = w.expand(k, -1).clone()
-        for r in range(rounds):
+        for _ in range(rounds):
             idx, mask = sample_batches(self.partition, workers, self.batch_size, generator)
             idx, mask = idx.to(self.device), mask.to(self.device)
             x = self._x_rows.index_select(0, idx.view(-1)).view(*idx.shape, *self._input_shape)
             y = labels[idx]
-            W.sub_(self.model.batched_grad(W, x, y, mask, shared=(r == 0)), alpha=self.lr)
+            W.sub_(self.model.batched_grad(W, x, y, mask), alpha=self.lr)
         return W
 
     def evaluate_many(self, W: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

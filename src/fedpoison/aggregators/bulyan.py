@@ -33,9 +33,11 @@ from torch import Tensor
 
 from fedpoison.aggregators.coordinate import closest_to_median_mean_sorted, sort_workers
 from fedpoison.aggregators.krum import pairwise_sq_distances
+from fedpoison.aggregators.leave_one_out import check_leave_one_out_count
 from fedpoison.aggregators.mean import check_count, check_matrix
+from fedpoison.registry import Option, register_rule
 
-__all__ = ["bulyan", "bulyan_select", "check_bulyan"]
+__all__ = ["bulyan", "bulyan_select", "bulyan_with_and_without", "check_bulyan"]
 
 
 def _opt_int(name: str, value: int | None, m: int, f: int) -> int | None:
@@ -119,3 +121,42 @@ def bulyan(W: Tensor, f: int, theta: int | None = None, gamma: int | None = None
     index = torch.tensor(chosen, dtype=torch.long, device=W.device)
     S = sort_workers(W.detach().index_select(0, index))
     return closest_to_median_mean_sorted(S, ga)
+
+
+def bulyan_with_and_without(W: Tensor, f: int, theta: int | None = None,
+                            gamma: int | None = None) -> tuple[Tensor, Tensor]:
+    """``(bulyan(W), B)`` with ``B[i]`` Bulyan without row i: Bulyan's repeated-Krum
+    selection on submatrices of ONE distance matrix, then a sort of the θ selected rows per
+    i (k rule calls minus the Gram matrix; Bulyan is not in the paper's Table 6)."""
+    k = check_leave_one_out_count("bulyan", W)
+    W = W.detach()
+    D2 = pairwise_sq_distances(W)
+
+    def aggregate(index: Tensor, th: int, ga: int) -> Tensor:
+        at = index.to(D2.device)
+        sub = D2.index_select(0, at).index_select(1, at)
+        chosen = index[torch.tensor(bulyan_select(sub, f, th))].to(W.device)
+        return closest_to_median_mean_sorted(sort_workers(W.index_select(0, chosen)), ga)
+
+    th, ga = check_bulyan(k, f, theta, gamma)
+    A = aggregate(torch.arange(k), th, ga)
+    th, ga = check_bulyan(k - 1, f, theta, gamma)
+    everyone = torch.arange(k)
+    B = torch.stack([aggregate(everyone[everyone != i], th, ga) for i in range(k)])
+    return A, B
+
+
+register_rule(
+    "bulyan", bulyan,
+    reference="El Mhamdi, Guerraoui, Rouault, ICML 2018; Fang et al., USENIX Security 2020, "
+              "Section 2.2 and Appendix A",
+    summary="θ models chosen by repeated Krum, then per coordinate the mean of the γ values "
+            "closest to their median",
+    options=[
+        Option("theta", None, "models selected by repeated Krum (2f + 1 ≤ θ ≤ m − 2f)",
+               type=int, low=1, default_text="m − 2f"),
+        Option("gamma", None, "values averaged per coordinate (1 ≤ γ ≤ θ − 2f)", type=int,
+               low=1, default_text="θ − 2f"),
+    ],
+    check=check_bulyan, with_and_without=bulyan_with_and_without,
+)

@@ -28,7 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedpoison.aggregators.leave_one_out import (
+    check_leave_one_out_count,
+    chunks,
+    exclusive_sums,
+    sort_with_rows,
+)
 from fedpoison.aggregators.mean import check_count, check_matrix
+from fedpoison.registry import Option, register_rule
 
 __all__ = [
     "check_median",
@@ -36,9 +43,11 @@ __all__ = [
     "closest_to_median_mean_sorted",
     "median",
     "median_sorted",
+    "median_with_and_without",
     "sort_workers",
     "trimmed_mean",
     "trimmed_mean_sorted",
+    "trimmed_mean_with_and_without",
 ]
 
 #: Use NumPy for the sort and reductions of CPU tensors (tests switch it off to exercise the
@@ -188,3 +197,65 @@ def median(W: Tensor, f: int) -> Tensor:
     """
     check_matrix(W, "median", f)
     return median_sorted(sort_workers(W))
+
+
+def _with_and_without(W: Tensor, beta: int, beta_loo: int, *, median: bool
+                      ) -> tuple[Tensor, Tensor]:
+    """Trimmed mean with ``beta`` (or median) of all rows, and of every k - 1 rows.
+
+    ONE sort per coordinate. The sorted column without the value at position p keeps, with
+    ``beta_loo`` trimmed per side of the k − 1 values (β for trimmed mean, (k − 2)//2 for
+    the median), the block ``I = S[beta_loo : k - beta_loo]`` (L = k − 2·beta_loo values)
+    minus one of its entries: ``I[t]`` with ``t = clamp(p − beta_loo, 0, L − 1)`` (a value
+    below the block shifts it up, so ``I[0]`` leaves; one above it, ``I[L − 1]``). The sum
+    of I without ``I[t]`` is an exclusive prefix plus suffix sum: O(1) per (row, coordinate)
+    after the sort.
+    """
+    k, d = W.shape
+    L = k - 2 * beta_loo  # the block; k - 1 - 2*beta_loo = L - 1 values are kept
+    pos = (torch.arange(k, device=W.device) - beta_loo).clamp_(0, L - 1)
+    A = torch.empty(d, dtype=W.dtype, device=W.device)
+    B = torch.empty_like(W)
+    for c0, c1 in chunks(k, d):
+        S, rows = sort_with_rows(W[:, c0:c1])
+        A[c0:c1] = median_sorted(S) if median else trimmed_mean_sorted(S, beta)
+        block = S[beta_loo : k - beta_loo].to(torch.float64)
+        excl = (exclusive_sums(block) / (L - 1)).to(W.dtype)  # [L, c]: without block[t]
+        B[:, c0:c1].scatter_(0, rows.to(W.device), excl.index_select(0, pos))
+    return A, B
+
+
+def trimmed_mean_with_and_without(W: Tensor, f: int, beta: int | None = None
+                                  ) -> tuple[Tensor, Tensor]:
+    """``(trimmed_mean(W), B)`` with ``B[i]`` the trimmed mean (same β) without row i."""
+    k = check_leave_one_out_count("trimmed-mean", W)
+    b = check_trimmed_mean(k, f, beta)
+    check_trimmed_mean(k - 1, f, beta)
+    return _with_and_without(W.detach(), b, b, median=False)
+
+
+def median_with_and_without(W: Tensor, f: int) -> tuple[Tensor, Tensor]:
+    """``(median(W), B)`` with ``B[i]`` the median without row i (the median of k − 1 values
+    is trimmed mean with β' = (k − 2) // 2)."""
+    k = check_leave_one_out_count("median", W)
+    check_median(k, f)
+    return _with_and_without(W.detach(), 0, (k - 2) // 2, median=True)
+
+
+register_rule(
+    "trimmed-mean", trimmed_mean,
+    reference="Yin, Chen, Ramchandran, Bartlett, ICML 2018; Fang et al., USENIX Security "
+              "2020, Section 2.2",
+    summary="per coordinate, drop the β largest and β smallest values and average the rest",
+    options=[Option("beta", None, "values trimmed per side (2β < m)", type=int, low=0,
+                    default_text="f (the server's assumed c, Section 4.1)", alias="beta")],
+    check=check_trimmed_mean, with_and_without=trimmed_mean_with_and_without,
+)
+
+register_rule(
+    "median", median,
+    reference="Yin, Chen, Ramchandran, Bartlett, ICML 2018; Fang et al., USENIX Security "
+              "2020, Section 2.2",
+    summary="coordinate-wise median (the mean of the two middle values for an even count)",
+    check=check_median, with_and_without=median_with_and_without,
+)

@@ -24,9 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedpoison.aggregators.leave_one_out import (
+    check_leave_one_out_count,
+    exclusive_sums,
+    first_argmin_columns,
+)
 from fedpoison.aggregators.mean import check_count, check_matrix
+from fedpoison.registry import register_rule
 
-__all__ = ["check_krum", "krum", "krum_scores", "krum_select", "pairwise_sq_distances"]
+__all__ = ["check_krum", "krum", "krum_scores", "krum_select", "krum_with_and_without",
+           "pairwise_sq_distances"]
 
 
 def check_krum(m: int, f: int) -> None:
@@ -132,3 +139,40 @@ def krum(W: Tensor, f: int) -> Tensor:
     """
     i = krum_select(W, f)
     return W.detach()[i].clone()
+
+
+def krum_with_and_without(W: Tensor, f: int) -> tuple[Tensor, Tensor]:
+    """``(krum(W), B)`` with ``B[i]`` Krum's choice without row i, from ONE distance matrix.
+
+    Sort each row of it; the score of j without model i sums the n = (k − 1) − f − 2
+    smallest distances of row j other than to i: if i sits at position r ≤ n of the sorted
+    row that is prefix(r) + suffix(r + 1) over the first n + 1 entries, else prefix(n). One
+    [k, k] matrix of scores, one first-argmin per column.
+    """
+    k = check_leave_one_out_count("krum", W)
+    check_krum(k, f)
+    check_krum(k - 1, f)
+    W = W.detach()
+    D2 = pairwise_sq_distances(W)
+    scores = krum_scores(D2, f)
+    a = _first_argmin(scores)  # ties -> smallest index
+    n = (k - 1) - f - 2  # neighbours among the k - 1 models left
+    off = D2.clone()
+    off.fill_diagonal_(torch.inf)
+    s, order = torch.sort(off, dim=1, stable=True)
+    head = s[:, : n + 1]  # the n + 1 nearest: removing one of them leaves the other n
+    excl = exclusive_sums(head, dim=1)  # [k, n+1]: row j's n nearest without head[j, t]
+    at = torch.arange(k, device=D2.device).clamp_(max=n)  # position beyond n -> first n
+    E = torch.empty_like(off).scatter_(1, order, excl.index_select(1, at))  # E[j, i]
+    picks = first_argmin_columns(E)  # E[j, i]: score of j without i; column i -> B_i
+    return W[a].clone(), W.index_select(0, picks)
+
+
+register_rule(
+    "krum", krum,
+    reference="Blanchard, El Mhamdi, Guerraoui, Stainer, NeurIPS 2017; Fang et al., USENIX "
+              "Security 2020, Section 2.2",
+    summary="the local model with the smallest sum of squared distances to its m − f − 2 "
+            "nearest others",
+    check=check_krum, with_and_without=krum_with_and_without, selects_row=True,
+)

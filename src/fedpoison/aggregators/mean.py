@@ -11,7 +11,10 @@ import operator
 import torch
 from torch import Tensor
 
-__all__ = ["check_count", "check_matrix", "check_mean", "mean"]
+from fedpoison.aggregators.leave_one_out import chunks, exclusive_sums
+from fedpoison.registry import register_rule
+
+__all__ = ["check_count", "check_matrix", "check_mean", "mean", "mean_with_and_without"]
 
 
 def check_count(rule: str, m: int, f: int) -> tuple[int, int]:
@@ -62,3 +65,30 @@ def mean(W: Tensor, f: int) -> Tensor:
     """
     check_matrix(W, "mean", f)
     return W.detach().mean(dim=0)
+
+
+def mean_with_and_without(W: Tensor, f: int) -> tuple[Tensor, Tensor]:
+    """``(mean(W), B)`` with ``B[i]`` the mean without row i: exclusive prefix and suffix sums
+    in float64, ``B_i = (P_i + R_{i+1}) / (k − 1)`` (never a total minus a row, so a huge
+    hostile value cannot cancel the benign values next to it)."""
+    from fedpoison.aggregators.leave_one_out import check_leave_one_out_count
+
+    k = check_leave_one_out_count("mean", W)
+    check_count("mean", k - 1, f)
+    W = W.detach()
+    d = W.shape[1]
+    A = mean(W, f)
+    B = torch.empty_like(W)
+    for c0, c1 in chunks(k, d):
+        X = W[:, c0:c1].to(torch.float64)
+        B[:, c0:c1] = (exclusive_sums(X) / (k - 1)).to(W.dtype)
+    return A, B
+
+
+register_rule(
+    "mean", mean,
+    reference="Fang et al., USENIX Security 2020, Section 2.2 (FedAvg's average, McMahan et "
+              "al., AISTATS 2017)",
+    summary="coordinate-wise average of the local models (not robust)",
+    check=check_mean, with_and_without=mean_with_and_without,
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -11,20 +11,6 @@ from torch import Tensor
 
 Knowledge = Literal["full", "partial"]
 Goal = Literal["directed", "deviation"]
-
-
-@dataclass(frozen=True)
-class AttackOptions:
-    """Attack parameters from the run config (paper Table 1 and Section 4.1)."""
-
-    goal: Goal = "directed"
-    epsilon: float = 0.01  # Krum attack: crafted copies lie within ε of w'₁
-    b: float = 2.0  # trimmed-mean/median full-knowledge attack: interval factor, b > 1
-    threshold: float = 1e-5  # Krum attack: smallest λ tried before giving up (Section 3.2)
-    # Full knowledge: estimate the before-attack change from the mean of all before-attack
-    # models ("mean", default; reproduces Table 2a) or from the assumed rule ("rule", the
-    # paper's literal definition of s). See docs/choices.md, "Direction s".
-    direction: Literal["mean", "rule"] = "mean"
 
 
 @dataclass(frozen=True)
@@ -36,12 +22,16 @@ class AttackContext:
     ``None`` under partial knowledge, so a partial-knowledge attack cannot read them even by
     mistake. ``w_re`` is the global model the workers received this iteration.
     ``m`` is the number of models the server aggregates this iteration (a count, not a model,
-    so partial knowledge may use it). ``assumed_rule`` is the aggregation rule the attacker
-    crafts against (it may differ from the server's: transferability, Section 4.3), ``f`` the
-    server's assumed number of
-    compromised workers (known to the attacker, Section 2.3), ``beta`` trimmed mean's β.
+    so partial knowledge may use it). ``f`` is the server's assumed number of compromised
+    workers (known to the attacker, Section 2.3). ``target`` is the aggregation rule the
+    attacker crafts against, bound with its options (it may differ from the server's:
+    transferability, Section 4.3), or ``None`` for an attack that assumes no rule.
     ``notes``, when given, collects per-iteration diagnostics an attack reports with
     ``note`` (e.g. the Krum attack's λ); the simulation summarises them in its result.
+
+    Updates and models (the convention every attack uses): the update of worker i is
+    ``Δᵢ = wᵢ − w_Re``; an attack defined on updates crafts ``Δ′`` and sends ``w_Re + Δ′``
+    (:meth:`updates`, :meth:`models_from`).
     """
 
     compromised: Tensor
@@ -49,17 +39,30 @@ class AttackContext:
     w_re: Tensor
     m: int
     knowledge: Knowledge
-    assumed_rule: str
     f: int
     generator: torch.Generator
-    beta: int | None = None
-    options: AttackOptions = field(default_factory=AttackOptions)
+    goal: Goal = "directed"
+    target: Any = None
     notes: dict[str, list[float]] | None = None
 
     def note(self, name: str, value: float) -> None:
         """Record one value of the diagnostic ``name`` (a no-op unless ``notes`` was given)."""
         if self.notes is not None:
             self.notes.setdefault(name, []).append(float(value))
+
+    def aggregate(self, W: Tensor) -> Tensor:
+        """The target rule (with the server's ``f``) applied to ``W``."""
+        if self.target is None:
+            raise ValueError("this attack was given no target rule")
+        return self.target(W, self.f)
+
+    def updates(self, models: Tensor) -> Tensor:
+        """``Δ = models − w_Re`` (float32, on ``w_re``'s device): models as updates."""
+        return models.detach().to(self.w_re.device, torch.float32) - self.w_re.detach().float()
+
+    def models_from(self, updates: Tensor) -> Tensor:
+        """``w_Re + Δ′``: crafted updates as the models the compromised workers send."""
+        return self.w_re.detach().float() + updates.to(self.w_re.device, torch.float32)
 
     @property
     def c(self) -> int:
@@ -70,8 +73,8 @@ class AttackContext:
         return int(self.compromised.shape[1])
 
 
-ModelAttack = Callable[[AttackContext], Tensor]
-"""craft(ctx) -> Tensor[c, d]: the local models the compromised workers send."""
+ModelAttack = Callable[..., Tensor]
+"""craft(ctx, **options) -> Tensor[c, d]: the local models the compromised workers send."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,12 @@ class DataAttackContext:
     compromised_workers: Tensor
     num_classes: int
     generator: torch.Generator
-    config: Any = None  # the resolved RunConfig (budget, placement, seed for caching)
+    seed: int = 0  # the run's seed (an attack may cache what it derives from it)
+    dataset: str = ""  # the dataset's name and training subset, for such caches
+    train_subset: int | None = None
+    progress: bool = False  # show progress of long preparation
 
 
-DataAttack = Callable[[DataAttackContext], TrainingData]
-"""poison(ctx) -> the training data after poisoning (labels changed, examples added, ...)."""
+DataAttack = Callable[..., TrainingData]
+"""poison(ctx, **options) -> the training data after poisoning (labels changed, examples
+added, ...)."""

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from fedpoison.attacks.base import DataAttackContext, TrainingData
+from fedpoison.registry import Option, register_attack
 
 Init = Literal["flip", "random"]
 Placement = Literal["uniform", "single-worker"]
@@ -430,32 +431,6 @@ def place_poison(
     return compromised[pick].clone()
 
 
-_CONFIG_FIELDS = {
-    "inner_steps": "bga_inner_steps",
-    "outer_steps": "bga_outer_steps",
-    "step_size": "bga_step_size",
-    "inner_lr": "bga_inner_lr",
-    "momentum": "bga_momentum",
-    "warm_steps": "bga_warm_steps",
-    "init": "bga_init",
-    "val_fraction": "bga_val_fraction",
-}
-
-
-def settings_from_config(config: Any) -> BGASettings:
-    """BGASettings from a RunConfig: ``poison_budget`` and any ``bga_*`` field it has."""
-    if config is None:
-        return BGASettings()
-    values: dict[str, Any] = {"budget": float(getattr(config, "poison_budget", 0.04))}
-    for name, attr in _CONFIG_FIELDS.items():
-        v = getattr(config, attr, None)
-        if v is not None:
-            values[name] = v
-    settings = BGASettings(**values)
-    settings.validate()
-    return settings
-
-
 def _poison_seed(seed: int) -> torch.Generator:
     """The poison's own random stream (distinct from the run's other streams)."""
     state = np.random.SeedSequence([seed, 0x626761]).generate_state(2, dtype=np.uint32)
@@ -525,26 +500,60 @@ def cached_poison(
     )
 
 
-def bga_attack(ctx: DataAttackContext) -> TrainingData:
+def bga_attack(ctx: DataAttackContext, *, budget: float = 0.04,
+               placement: str = "uniform", **settings: Any) -> TrainingData:
     """DataAttack ``bga``: append back-gradient poisoned points to compromised workers.
 
     The points are generated once from the whole clean training set (the attacker has full
     knowledge, Section 4.4) with the run's seed, cached on disk
-    (:mod:`fedpoison.attacks.poison_cache`), then placed per ``config.poison_placement``
-    (``uniform`` by default) with the attack's random stream.
+    (:mod:`fedpoison.attacks.poison_cache`), then placed per ``placement`` (``uniform`` by
+    default) with the attack's random stream. ``settings`` are the other
+    :class:`BGASettings` fields.
     """
-    cfg = ctx.config
-    settings = settings_from_config(cfg)
+    config = BGASettings(budget=budget, **settings)
+    config.validate()
     data = ctx.data
-    seed = int(cfg.seed) if cfg is not None else int(ctx.generator.initial_seed())
     x_p, y_p = cached_poison(
-        data.x, data.y, ctx.num_classes, settings, seed,
-        dataset=getattr(cfg, "dataset", None), train_subset=getattr(cfg, "train_subset", None),
+        data.x, data.y, ctx.num_classes, config, ctx.seed,
+        dataset=ctx.dataset or None, train_subset=ctx.train_subset, progress=ctx.progress,
     )
-    placement = getattr(cfg, "poison_placement", "uniform") if cfg is not None else "uniform"
-    owner_p = place_poison(x_p.shape[0], ctx.compromised_workers, placement, ctx.generator)
+    owner_p = place_poison(x_p.shape[0], ctx.compromised_workers, placement,  # type: ignore[arg-type]
+                           ctx.generator)
     return TrainingData(
         x=torch.cat([data.x, x_p.to(data.x.dtype).reshape(-1, *data.x.shape[1:])]),
         y=torch.cat([data.y, y_p.to(data.y.dtype)]),
         owner=torch.cat([data.owner, owner_p.to(data.owner.dtype)]),
     )
+
+
+_DEFAULTS = BGASettings()
+register_attack(
+    "bga", bga_attack,
+    reference="Muñoz-González et al., AISec 2017 (back-gradient poisoning), as compared in "
+              "Fang, Cao, Jia, Gong, USENIX Security 2020, Section 4.4 and Table 5",
+    summary="data poisoning: back-gradient optimized points (labels flipped) added to the "
+            "compromised workers' data",
+    data=True, knowledge=(), goals=(),
+    options=[
+        Option("budget", _DEFAULTS.budget, "poisoned points as a fraction of the training set "
+               "(paper: 240/6000)", low=0.0, alias="poison_budget"),
+        Option("placement", "uniform", "single-worker: all points on one compromised worker; "
+               "uniform: each point on a random compromised worker",
+               choices=("uniform", "single-worker"), alias="poison_placement"),
+        Option("inner_steps", _DEFAULTS.inner_steps, "T, steps of the inner heavy-ball GD",
+               low=0),
+        Option("outer_steps", _DEFAULTS.outer_steps, "projected gradient-ascent steps", low=0),
+        Option("step_size", _DEFAULTS.step_size, "outer step (L2 norm, pixel units)", low=0.0,
+               low_open=True),
+        Option("inner_lr", _DEFAULTS.inner_lr, "η of the inner learner", low=0.0,
+               low_open=True),
+        Option("momentum", _DEFAULTS.momentum, "γ of the inner learner", low=0.0, high=1.0,
+               high_open=True),
+        Option("warm_steps", _DEFAULTS.warm_steps, "steps of the clean warm start", low=0),
+        Option("init", _DEFAULTS.init, "initial poisoned labels", choices=("flip", "random")),
+        Option("val_fraction", _DEFAULTS.val_fraction, "share of the clean set held out as "
+               "D_val (0: the whole set is both)", low=0.0, high=1.0, high_open=True),
+        Option("dtype", _DEFAULTS.dtype, "precision of the outer problem",
+               choices=("float32", "float64")),
+    ],
+)

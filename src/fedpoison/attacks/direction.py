@@ -8,8 +8,8 @@ parameter would make in this iteration without attack; ``s = sign(w − w_Re)``.
   - ``"mean"`` (default): the mean of the before-attack local models of *all* workers
     (compromised and benign), i.e. the sign of the average update (the sum of the workers'
     gradients, for one local SGD step);
-  - ``"rule"``: the assumed rule applied to them with the server's ``f`` (and ``β``), Eq. 1's
-    before-attack global model ``w`` read literally.
+  - ``"rule"``: the target rule applied to them with the server's ``f`` (and its options),
+    Eq. 1's before-attack global model ``w`` read literally.
 
   The paper's text suggests ``"rule"``, but its Table 2a full-knowledge numbers are
   reproduced only by ``"mean"``. Measured on LR/MNIST (500 iterations, paper Table 1
@@ -17,7 +17,7 @@ parameter would make in this iteration without attack; ``s = sign(w − w_Re)``.
   (seed 0; paper 0.80), trimmed mean 0.52/0.60/0.50 vs 0.15/0.22/0.16 (paper 0.52),
   median 0.31/0.31/0.31 vs 0.13/0.13/0.13 (paper 0.29; no attack 0.13). ``"mean"`` is also
   what the partial-knowledge estimator estimates: ``s̃`` is the same mean, over the
-  compromised models the attacker can see. ``ctx.options.direction`` selects it
+  compromised models the attacker can see. The attacks' ``direction`` option selects it
   (``DEFAULT_DIRECTION``, "mean", unless the run config says otherwise).
 * Partial knowledge: ``s̃ = sign(mean of the compromised before-attack models − w_Re)``
   (Section 3.2, "Partial knowledge").
@@ -37,25 +37,23 @@ then moved to ``w_re``'s device, so crafted models are the same on every device 
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from fedpoison.aggregators import get_aggregator
-from fedpoison.attacks.base import AttackContext, AttackOptions
+from fedpoison.attacks.base import AttackContext
+from fedpoison.registry import Option
 
 __all__ = [
     "DEFAULT_DIRECTION",
     "DIRECTION_ESTIMATORS",
+    "DIRECTION_OPTION",
     "all_models",
     "before_attack_aggregate",
     "check_context",
-    "check_options",
     "direction",
-    "direction_estimator",
     "full_direction",
     "partial_direction",
     "rule_of",
@@ -63,46 +61,24 @@ __all__ = [
     "uniform",
 ]
 
-_GOALS = ("directed", "deviation")
-
 #: How the full-knowledge direction estimates the before-attack global model (see above).
 DIRECTION_ESTIMATORS = ("mean", "rule")
 #: The estimator used when the options do not name one.
 DEFAULT_DIRECTION = "mean"
 
-
-def check_options(options: AttackOptions, attack: str) -> None:
-    """Validate the attack options (``ValueError`` naming the attack and the option)."""
-    if options.goal not in _GOALS:
-        raise ValueError(
-            f"{attack} attack: option goal must be one of {', '.join(_GOALS)}, "
-            f"got {options.goal!r}"
-        )
-    eps = options.epsilon
-    if not isinstance(eps, int | float) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"{attack} attack: option epsilon must be finite and >= 0, got {eps!r}")
-    b = options.b
-    if not isinstance(b, int | float) or not math.isfinite(b) or b <= 1:
-        raise ValueError(
-            f"{attack} attack: option b must be finite and > 1 (Section 3.3), got {b!r}"
-        )
-    est = options.direction
-    if est not in DIRECTION_ESTIMATORS:
-        raise ValueError(
-            f"{attack} attack: option direction must be one of "
-            f"{', '.join(DIRECTION_ESTIMATORS)}, got {est!r}"
-        )
-    th = options.threshold
-    if not isinstance(th, int | float) or not math.isfinite(th) or th <= 0:
-        raise ValueError(f"{attack} attack: option threshold must be finite and > 0, got {th!r}")
+#: The ``direction`` option of the paper's attacks (full knowledge only).
+DIRECTION_OPTION = Option(
+    "direction", DEFAULT_DIRECTION,
+    "full knowledge: estimate the before-attack change from the mean of all before-attack "
+    "models (mean) or from the target rule over them (rule, Eq. 1 read literally)",
+    choices=DIRECTION_ESTIMATORS, alias="direction")
 
 
 def check_context(ctx: AttackContext, attack: str) -> None:
-    """Validate shapes and counts of ``ctx`` and its options (``ValueError`` naming the field).
+    """Validate shapes and counts of ``ctx`` (``ValueError`` naming the field).
 
     Under partial knowledge ``ctx.benign`` is never read (not even for its shape).
     """
-    check_options(ctx.options, attack)
     if ctx.knowledge not in ("full", "partial"):
         raise ValueError(
             f"{attack} attack: knowledge must be 'full' or 'partial', got {ctx.knowledge!r}"
@@ -145,16 +121,8 @@ def check_context(ctx: AttackContext, attack: str) -> None:
 
 
 def rule_of(ctx: AttackContext) -> Callable[[Tensor], Tensor]:
-    """The rule the attacker assumes, with the server's ``f`` (and ``β``) bound: ``W -> w``."""
-    name = ctx.assumed_rule
-    options = {"beta": ctx.beta} if name == "trimmed-mean" and ctx.beta is not None else {}
-    agg = get_aggregator(name, **options)
-    f = ctx.f
-
-    def aggregate(W: Tensor) -> Tensor:
-        return agg(W, f)
-
-    return aggregate
+    """The rule the attacker assumes, with the server's ``f`` bound: ``W -> w``."""
+    return ctx.aggregate
 
 
 def all_models(ctx: AttackContext) -> Tensor:
@@ -164,8 +132,8 @@ def all_models(ctx: AttackContext) -> Tensor:
 
 
 def before_attack_aggregate(ctx: AttackContext) -> Tensor:
-    """Eq. 1's ``w``: the assumed rule over all before-attack local models (full knowledge)."""
-    return rule_of(ctx)(all_models(ctx))
+    """Eq. 1's ``w``: the target rule over all before-attack local models (full knowledge)."""
+    return ctx.aggregate(all_models(ctx))
 
 
 def sign_of_change(new: Tensor, w_re: Tensor) -> Tensor:
@@ -176,18 +144,17 @@ def sign_of_change(new: Tensor, w_re: Tensor) -> Tensor:
     return torch.sign(new.detach().to(w_re.device, torch.float32) - w_re.detach().float())
 
 
-def direction_estimator(ctx: AttackContext) -> str:
-    """The estimator named by ``ctx.options.direction``."""
-    return ctx.options.direction
-
-
-def full_direction(ctx: AttackContext, w_before: Tensor | None = None) -> Tensor:
-    """``s = sign(w − w_Re)`` (Section 3.1), ``w`` from the configured estimator.
+def full_direction(ctx: AttackContext, estimator: str = DEFAULT_DIRECTION,
+                   w_before: Tensor | None = None) -> Tensor:
+    """``s = sign(w − w_Re)`` (Section 3.1), ``w`` from the ``estimator``.
 
     ``"mean"``: ``w`` = mean of all before-attack local models; ``"rule"``: ``w`` = the
-    assumed rule over them (``w_before`` passes it when already computed).
+    target rule over them (``w_before`` passes it when already computed).
     """
-    if direction_estimator(ctx) == "mean":
+    if estimator not in DIRECTION_ESTIMATORS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTION_ESTIMATORS)}, "
+                         f"got {estimator!r}")
+    if estimator == "mean":
         w = all_models(ctx).to(torch.float64).mean(dim=0)
         return torch.sign(w - ctx.w_re.detach().to(w.device, torch.float64)).float()
     w = before_attack_aggregate(ctx) if w_before is None else w_before
@@ -200,9 +167,9 @@ def partial_direction(ctx: AttackContext) -> Tensor:
     return torch.sign(mean - ctx.w_re.detach().to(torch.float64)).to(torch.float32)
 
 
-def direction(ctx: AttackContext) -> Tensor:
+def direction(ctx: AttackContext, estimator: str = DEFAULT_DIRECTION) -> Tensor:
     """``s`` under full knowledge, ``s̃`` under partial knowledge (float32 values in {−1,0,1})."""
-    return full_direction(ctx) if ctx.knowledge == "full" else partial_direction(ctx)
+    return full_direction(ctx, estimator) if ctx.knowledge == "full" else partial_direction(ctx)
 
 
 def uniform(ctx: AttackContext, lo: Tensor, hi: Tensor) -> Tensor:

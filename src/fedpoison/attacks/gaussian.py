@@ -18,6 +18,7 @@ from torch import Tensor
 from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import all_models, check_context
 from fedpoison.attacks.trimmed_mean_attack import mean_std
+from fedpoison.registry import KNOWLEDGE, register_attack
 
 __all__ = ["gaussian_attack"]
 
@@ -30,3 +31,12 @@ def gaussian_attack(ctx: AttackContext) -> Tensor:
     Z = torch.randn((ctx.c, ctx.d), generator=ctx.generator, device=ctx.generator.device)
     dev = ctx.w_re.device
     return torch.addcmul(mu.to(dev), sd.to(dev), Z.to(dev, torch.float64)).float()
+
+
+register_attack(
+    "gaussian", gaussian_attack,
+    reference="Fang, Cao, Jia, Gong, USENIX Security 2020: Section 4.1 (Gaussian baseline)",
+    summary="each compromised worker sends N(μ_j, σ_j²) per coordinate, estimated from the "
+            "models it sees",
+    knowledge=KNOWLEDGE, goals=(),
+)

@@ -29,14 +29,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fedpoison.aggregators import check_aggregator, krum_scores, pairwise_sq_distances
+from fedpoison.aggregators.krum import check_krum, krum_scores, pairwise_sq_distances
 from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import (
+    DEFAULT_DIRECTION,
+    DIRECTION_OPTION,
     check_context,
-    direction_estimator,
     full_direction,
     partial_direction,
 )
+from fedpoison.registry import KNOWLEDGE, Diagnostic, Option, register_attack
 
 __all__ = [
     "KrumAttackResult",
@@ -103,7 +105,7 @@ class KrumProblem:
     def neighbours(self, copies: int, f: int) -> int:
         """Krum's neighbour count ``k = M − f − 2`` for ``M = copies + n_o`` models."""
         M = copies + self.n_others
-        check_aggregator("krum", M, f)
+        check_krum(M, f)
         return M - f - 2
 
     # -- distances and scores -------------------------------------------------------
@@ -299,11 +301,14 @@ class KrumAttackResult:
     direction: Tensor
 
 
-def krum_attack_solution(ctx: AttackContext) -> KrumAttackResult:
+def krum_attack_solution(ctx: AttackContext, *, epsilon: float = 0.01,
+                         threshold: float = 1e-5,
+                         direction: str = DEFAULT_DIRECTION) -> KrumAttackResult:
     """Craft the ``c`` compromised models against Krum and say how (Section 3.2, Appendix B).
 
     * Full knowledge: ``s`` from all before-attack models (``direction.full_direction``:
-      their mean by default, or Krum with the server's ``f``); Eq. 2 over
+      their mean by default, or Krum with the server's ``f`` for ``direction="rule"``);
+      Eq. 2 over
       ``{c copies of w'₁} ∪ benign`` with the server's ``f``.
     * Partial knowledge: ``s̃`` from the compromised models' mean; Eq. 4 over
       ``{n copies} ∪ compromised`` (``solve_partial_krum_lambda``). Benign rows are never read.
@@ -320,25 +325,25 @@ def krum_attack_solution(ctx: AttackContext) -> KrumAttackResult:
     check_context(ctx, "krum")
     w_re = ctx.w_re.detach().float()
     c, d = ctx.c, ctx.d
-    threshold = ctx.options.threshold
-    deviation = ctx.options.goal == "deviation"
+    deviation = ctx.goal == "deviation"
     if ctx.knowledge == "full":
         assert ctx.benign is not None
-        check_aggregator("krum", ctx.m, ctx.f)
+        check_krum(ctx.m, ctx.f)
         benign = ctx.benign.detach().float()
         if deviation:
             s = torch.ones(d, dtype=torch.float32, device=w_re.device)
             D2_benign = None
-        elif ctx.assumed_rule == "krum" and direction_estimator(ctx) == "rule":
-            # One Gram matrix serves both Krum's before-attack choice and the search.
+        elif direction == "rule":
+            # The target is Krum: one Gram matrix serves both Krum's before-attack choice
+            # and the search.
             W = torch.cat([ctx.compromised.detach().float(), benign])
             D2 = pairwise_sq_distances(W)
             scores = krum_scores(D2, ctx.f)
             chosen = int(torch.nonzero(scores == scores.min())[0, 0])
-            s = full_direction(ctx, W[chosen])
+            s = full_direction(ctx, direction, W[chosen])
             D2_benign = D2[c:, c:]
         else:
-            s = full_direction(ctx)
+            s = full_direction(ctx, direction)
             D2_benign = None
         problem = KrumProblem(benign, w_re, s, D2_benign)
         solution = problem.solve(c, ctx.f, threshold)
@@ -352,11 +357,45 @@ def krum_attack_solution(ctx: AttackContext) -> KrumAttackResult:
     ctx.note("krum_lambda_found", solution.found)
     ctx.note("krum_copies", solution.copies)
     w1 = (w_re.to(torch.float64) - solution.lam * s.to(torch.float64)).float()
-    copies = sample_epsilon_ball(w1, c - 1, ctx.options.epsilon, ctx.generator)
+    copies = sample_epsilon_ball(w1, c - 1, epsilon, ctx.generator)
     models = torch.cat([w1.unsqueeze(0), copies])
     return KrumAttackResult(models=models, solution=solution, direction=s)
 
 
-def krum_attack(ctx: AttackContext) -> Tensor:
+def krum_attack(ctx: AttackContext, *, epsilon: float = 0.01, threshold: float = 1e-5,
+                direction: str = DEFAULT_DIRECTION) -> Tensor:
     """``craft(ctx)`` for the Krum attack: ``[c, d]`` float32, row 0 is ``w'₁``."""
-    return krum_attack_solution(ctx).models
+    return krum_attack_solution(ctx, epsilon=epsilon, threshold=threshold,
+                                direction=direction).models
+
+
+def check_krum_attack(m: int, c: int, f: int, knowledge: str | None, goal: str | None,
+                      **options: object) -> None:
+    """Full knowledge: Krum must accept the m models with the server's f (Eq. 2)."""
+    if knowledge == "full":
+        check_krum(m, f)
+    elif c + 2 < 3:
+        raise ValueError(f"krum attack: the partial-knowledge search needs c >= 1, got c={c}")
+
+
+register_attack(
+    "krum", krum_attack,
+    reference="Fang, Cao, Jia, Gong, USENIX Security 2020: Section 3.2 (Eq. 2–4, Theorem 1), "
+              "Appendix B",
+    summary="Fang et al.'s attack on Krum: w'₁ = w_Re − λs with the largest λ (halving from "
+            "Theorem 1's bound) that Krum selects, plus c − 1 copies within ε",
+    options=[
+        Option("epsilon", 0.01, "the c − 1 other crafted models lie within ε of w'₁",
+               low=0.0, alias="epsilon"),
+        Option("threshold", 1e-5, "smallest λ tried before the search gives up", low=0.0,
+               low_open=True),
+        DIRECTION_OPTION,
+    ],
+    knowledge=KNOWLEDGE, goals=("directed", "deviation"), target="krum",
+    check=check_krum_attack,
+    diagnostics=[
+        Diagnostic("krum_lambda", "λ of w'₁ = w_Re − λs"),
+        Diagnostic("krum_lambda_found", "a λ ≥ threshold made Krum select w'₁", flag=True),
+        Diagnostic("krum_copies", "copies of w'₁ in the search"),
+    ],
+)

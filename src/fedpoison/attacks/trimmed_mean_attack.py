@@ -1,10 +1,10 @@
 """The trimmed-mean attack (paper Section 3.3), also the median attack (Section 3.4).
 
-Registered as ``trimmed-mean`` and ``median``: the crafted values are the same, the only
-difference is the rule the attacker assumes (``ctx.assumed_rule``), which gives the
-deviation goal's aggregates and, with the ``"rule"`` direction estimator, the
-full-knowledge direction ``s`` (with the default ``"mean"`` estimator, see ``direction.py``,
-the two directed attacks are identical).
+Registered as ``trimmed-mean`` with the option ``target_rule`` (default: the server's rule);
+``median`` is an alias with ``target_rule=median``. The crafted values are the same for
+both rules; the target rule gives the deviation goal's aggregates and, with the ``"rule"``
+direction estimator, the full-knowledge direction ``s`` (with the default ``"mean"``
+estimator, see ``direction.py``, the directed attack does not depend on it).
 
 Full knowledge, per coordinate ``j`` (``w_max,j``/``w_min,j`` over the *benign* models):
 
@@ -39,19 +39,20 @@ from torch import Tensor
 
 from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import (
+    DEFAULT_DIRECTION,
+    DIRECTION_OPTION,
     before_attack_aggregate,
     check_context,
     full_direction,
     partial_direction,
-    rule_of,
     uniform,
 )
+from fedpoison.registry import KNOWLEDGE, Option, register_attack
 
 __all__ = [
     "full_knowledge_interval",
     "lower_interval",
     "mean_std",
-    "median_attack",
     "partial_knowledge_interval",
     "trimmed_mean_attack",
     "upper_interval",
@@ -107,37 +108,37 @@ def partial_knowledge_interval(compromised: Tensor, s: Tensor) -> tuple[Tensor, 
     return lo.float(), hi.float()
 
 
-def _deviation(ctx: AttackContext) -> Tensor:
+def _deviation(ctx: AttackContext, b: float) -> Tensor:
     """Appendix B: per coordinate the side whose after-attack aggregate deviates most."""
     assert ctx.benign is not None
     B = ctx.benign.detach().float()
-    b = ctx.options.b
     up_lo, up_hi = upper_interval(B.amax(dim=0), b)
     dn_lo, dn_hi = lower_interval(B.amin(dim=0), b)
     U = torch.rand((ctx.c, ctx.d), generator=ctx.generator,
                    device=ctx.generator.device).to(B.device)
     X_up = torch.clamp(up_lo + U * (up_hi - up_lo), min=up_lo, max=up_hi)
     X_dn = torch.clamp(dn_lo + U * (dn_hi - dn_lo), min=dn_lo, max=dn_hi)
-    rule = rule_of(ctx)
+    rule = ctx.aggregate
     w = before_attack_aggregate(ctx).to(torch.float64)
     dev_up = (rule(torch.cat([X_up, B])).to(torch.float64) - w).abs()
     dev_dn = (rule(torch.cat([X_dn, B])).to(torch.float64) - w).abs()
     return torch.where(dev_up > dev_dn, X_up, X_dn)
 
 
-def trimmed_mean_attack(ctx: AttackContext) -> Tensor:
+def trimmed_mean_attack(ctx: AttackContext, *, b: float = 2.0,
+                        direction: str = DEFAULT_DIRECTION) -> Tensor:
     """``craft(ctx)`` for trimmed mean and median (Sections 3.3–3.4, Appendix B): ``[c, d]``."""
-    name = ctx.assumed_rule or "trimmed-mean"
+    name = getattr(ctx.target, "name", "trimmed-mean")
     check_context(ctx, f"{name}")
-    deviation = ctx.options.goal == "deviation"
+    deviation = ctx.goal == "deviation"
     if ctx.knowledge == "full":
         assert ctx.benign is not None
         if ctx.benign.shape[0] < 1:
             raise ValueError(f"{name} attack: full knowledge needs at least one benign model")
         if deviation:
-            return _deviation(ctx)
-        s = full_direction(ctx)
-        lo, hi = full_knowledge_interval(ctx.benign, s, ctx.options.b)
+            return _deviation(ctx, b)
+        s = full_direction(ctx, direction)
+        lo, hi = full_knowledge_interval(ctx.benign, s, b)
     else:
         if deviation:
             raise ValueError(
@@ -150,5 +151,25 @@ def trimmed_mean_attack(ctx: AttackContext) -> Tensor:
     return uniform(ctx, lo.to(device), hi.to(device))
 
 
-median_attack = trimmed_mean_attack
-"""Section 3.4: the median attack is the trimmed-mean attack (registered as ``median``)."""
+def check_trimmed_mean_attack(m: int, c: int, f: int, knowledge: str | None,
+                              goal: str | None, **options: object) -> None:
+    """The deviation goal is defined for full knowledge only (Appendix B)."""
+    if knowledge == "partial" and goal == "deviation":
+        raise ValueError("trimmed-mean attack: goal 'deviation' is defined for full knowledge "
+                         "only (Appendix B)")
+
+
+register_attack(
+    "trimmed-mean", trimmed_mean_attack,
+    reference="Fang, Cao, Jia, Gong, USENIX Security 2020: Sections 3.3–3.4, Appendix B",
+    summary="Fang et al.'s attack on trimmed mean and median: per coordinate, values beyond "
+            "the benign range on the side opposite to the change direction",
+    options=[
+        Option("b", 2.0, "full knowledge: interval factor b > 1 (Section 3.3)", low=1.0,
+               low_open=True, alias="b"),
+        DIRECTION_OPTION,
+    ],
+    knowledge=KNOWLEDGE, goals=("directed", "deviation"), target="option",
+    check=check_trimmed_mean_attack,
+    aliases={"median": {"target_rule": "median"}},
+)

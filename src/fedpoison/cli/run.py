@@ -1,4 +1,11 @@
-"""``fedpoison run`` and ``fedpoison demo``: one run from command-line options."""
+"""``fedpoison run`` and ``fedpoison demo``: one run from command-line options.
+
+Every ``RunConfig`` field is an option (``local_rounds`` → ``--local-rounds``) whose help
+says what it means and which values it takes; components' options go through
+``--rule-opt``, ``--attack-opt``, ``--defense-opt`` (``key=value``, repeatable) and
+``--preagg name[:key=value,...]``; the option aliases components declare (``--beta``,
+``--epsilon``, ...) are generated from the registry.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,12 @@ from typing import Any
 
 from fedpoison.cli.common import number
 
+#: Option flags for the component option mappings (config field → flag).
+OPTION_FLAGS = {"rule_options": "--rule-opt", "attack_options": "--attack-opt",
+                "defense_options": "--defense-opt"}
+_KIND_OF_FIELD = {"rule": "rule", "attack": "attack", "defense": "defense", "dataset": "dataset",
+                  "model": "model"}
+
 
 def _field_type(hint: Any) -> type:
     """The non-None type of a (possibly optional) field annotation."""
@@ -20,39 +33,95 @@ def _field_type(hint: Any) -> type:
     return hint
 
 
+def _choices(kind: str) -> str:
+    from fedpoison import registry
+
+    names = sorted(registry.names(kind))
+    if kind in ("attack", "defense"):
+        names = ["none", *names]
+    aliases = sorted(registry.REGISTRY.aliases(kind))
+    return ", ".join(names) + (f" (aliases: {', '.join(aliases)})" if aliases else "")
+
+
 def add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    """One ``--option`` per RunConfig field (``local_rounds`` → ``--local-rounds``)."""
-    from fedpoison.config import RunConfig
+    """One ``--option`` per RunConfig field, plus component options and their aliases."""
+    from fedpoison import registry
+    from fedpoison.config import OPTION_FIELDS, RunConfig
 
     group = parser.add_argument_group("run configuration (defaults: paper Table 1)")
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
-        if f.name in skip:
+        if f.name in skip or f.name in OPTION_FLAGS or f.name == "preaggregators":
             continue
         option = "--" + f.name.replace("_", "-")
         kind = _field_type(hints[f.name])
         default = f.default
-        shown = "dataset/model default" if default is None else repr(default)
+        help_text = f.metadata.get("help", "")
+        if f.name in _KIND_OF_FIELD:
+            help_text += f": {_choices(_KIND_OF_FIELD[f.name])}"
+        if default is not None:
+            help_text += f" (default: {default})"
         conv = number(kind, option) if kind in (int, float) else kind
-        group.add_argument(option, dest=f.name, type=conv, default=default,
-                           help=f"(default: {shown})")
+        group.add_argument(option, dest=f.name, type=conv, default=default, help=help_text,
+                           metavar=f.name.upper())
     group.add_argument("--workers-per-iteration", dest="sample", type=number(int, "--sample"),
                        help="alias of --sample")
 
+    comp = parser.add_argument_group(
+        "component options (fedpoison list KIND shows each component's options)")
+    for field_name, flag in OPTION_FLAGS.items():
+        kind = next(k for k, v in OPTION_FIELDS.items() if v == field_name)
+        comp.add_argument(flag, dest=field_name, action="append", default=[],
+                          metavar="KEY=VALUE",
+                          help=f"an option of the selected {kind} (repeatable)")
+    comp.add_argument("--preagg", dest="preaggregators", action="append", default=[],
+                      metavar="NAME[:KEY=VALUE,...]",
+                      help="a pre-aggregation step before the rule, in order (repeatable): "
+                           f"{_choices('preaggregator') or 'none registered'}")
+    aliases = parser.add_argument_group("option aliases (earlier flags)")
+    seen: set[str] = set()
+    for kind in OPTION_FIELDS:
+        for alias, targets in registry.REGISTRY.aliases_of_options(kind).items():
+            if alias in seen:
+                continue
+            seen.add(alias)
+            where = ", ".join(f"{kind} {c}" for c, _ in targets)
+            aliases.add_argument("--" + alias.replace("_", "-"), dest=f"alias:{alias}",
+                                 default=None, metavar="VALUE",
+                                 help=f"option {targets[0][1]} of {where}")
+
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from fedpoison.config import RunConfig
+    """The RunConfig of parsed ``run`` options (aliases and component options applied)."""
+    from fedpoison.config import RunConfig, parse_component_string
+    from fedpoison.errors import ConfigError
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
-              if hasattr(args, f.name)}
-    return RunConfig(**values)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.name in OPTION_FLAGS or f.name == "preaggregators":
+            continue
+        if hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
+    for field_name, flag in OPTION_FLAGS.items():
+        opts: dict[str, Any] = {}
+        for item in getattr(args, field_name, []) or []:
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise ConfigError(field_name, f"{flag} takes KEY=VALUE, got {item!r}")
+            opts[key.strip()] = value.strip()
+        values[field_name] = opts
+    values["preaggregators"] = [parse_component_string(p, "preaggregators")
+                                for p in getattr(args, "preaggregators", []) or []]
+    for key, value in vars(args).items():
+        if key.startswith("alias:") and value is not None:
+            values[key.removeprefix("alias:")] = value
+    return RunConfig.from_dict(values)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedpoison.simulation import run
 
-    config = config_from_args(args)
-    config.resolved()  # validate before loading anything
+    config = config_from_args(args).resolve()  # validate before loading anything
     result = run(config, progress=not args.no_progress and not args.json)
     if args.json:
         print(json.dumps(result.to_json()))
@@ -71,31 +140,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def diagnostics_line(diagnostics: dict[str, dict[str, float]]) -> str:
-    """One human-readable line from ``RunResult.diagnostics`` ('' when there are none)."""
-    def count(name: str) -> str:
-        st = diagnostics[name]
-        return f"{round(st.get('mean', 0.0) * st['n'])}/{int(st['n'])}"
+#: Diagnostics the simulation itself records (components declare theirs in their specs):
+#: name → (meaning, kind), kind "flag" (0/1 per iteration), "share" (a fraction per
+#: iteration, shown as its mean) or "value" (shown as its median).
+RUN_DIAGNOSTICS = {
+    "selected_crafted": ("the rule selected a crafted model", "flag"),
+    "against_mean_direction": ("share of parameters the global model moved against the local "
+                               "models' mean direction", "share"),
+}
 
+
+def diagnostics_line(diagnostics: dict[str, dict[str, float]]) -> str:
+    """One human-readable line from ``RunResult.diagnostics`` ('' when there are none).
+
+    Flags read 'meaning: held/iterations'; values 'meaning: median (mean for shares)'.
+    Meanings come from the components' specs and :data:`RUN_DIAGNOSTICS`.
+    """
+    from fedpoison import registry
+
+    meanings = dict(RUN_DIAGNOSTICS)
+    for spec in registry.specs():
+        for d in spec.diagnostics:
+            meanings.setdefault(d.name, (d.meaning, "flag" if d.flag else "value"))
     parts = []
-    if "krum_lambda_found" in diagnostics:
-        parts.append(f"Krum attack found λ in {count('krum_lambda_found')} poisoned iterations")
-    if "mean" in diagnostics.get("krum_lambda", {}):
-        parts.append(f"median λ {diagnostics['krum_lambda']['median']:.3g}")
-    if "mean" in diagnostics.get("krum_copies", {}):
-        parts.append(f"copies in the search {diagnostics['krum_copies']['median']:g}")
-    if "krum_selected_crafted" in diagnostics:
-        parts.append(f"Krum selected a crafted model in {count('krum_selected_crafted')}")
-    if "mean" in diagnostics.get("against_mean_direction", {}):
-        parts.append("the global model moved against the local models' mean direction in "
-                     f"{diagnostics['against_mean_direction']['mean']:.1%} of parameters "
-                     "(mean over iterations)")
-    known = {"krum_lambda_found", "krum_lambda", "krum_copies", "krum_selected_crafted",
-             "against_mean_direction"}
     for name, st in diagnostics.items():
-        if name not in known:
-            parts.append(f"{name} median {st['median']:.3g}" if "median" in st
-                         else f"{name}: no finite value")
+        meaning, kind = meanings.get(name, (name, "value"))
+        if "mean" not in st:
+            parts.append(f"{meaning}: no finite value")
+        elif kind == "flag":
+            parts.append(f"{meaning}: {round(st['mean'] * st['n'])}/{int(st['n'])} iterations")
+        elif kind == "share":
+            parts.append(f"{meaning}: {st['mean']:.1%} (mean over iterations)")
+        else:
+            parts.append(f"{meaning}: median {st['median']:.3g}")
     return "; ".join(parts)
 
 
@@ -107,7 +184,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def add_run_commands(sub: Any) -> None:
     """``run`` and ``demo``."""
-    p_run = sub.add_parser("run", help="simulate one federated-learning run")
+    p_run = sub.add_parser("run", help="simulate one federated-learning run",
+                           description="Simulate one federated-learning run under attack.")
     add_config_options(p_run)
     p_run.add_argument("--json", action="store_true", help="print one JSON object")
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")

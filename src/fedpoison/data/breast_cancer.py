@@ -20,6 +20,7 @@ import torch
 
 from fedpoison.data.base import Dataset
 from fedpoison.errors import DataError
+from fedpoison.registry import register_dataset
 
 NUM_TRAIN = 455
 NUM_TEST = 114
@@ -68,3 +69,17 @@ def load_breast_cancer(seed: int = 0) -> Dataset:
         torch.from_numpy(y[test]),
         NUM_CLASSES,
     )
+
+
+def _load(seed: int = 0, home: object = None, download: bool = True,
+          progress: bool = True) -> Dataset:
+    return load_breast_cancer(seed)
+
+
+register_dataset(
+    "breast-cancer", _load,
+    reference="Wolberg, Street, Mangasarian, 1995 (UCI Breast Cancer Wisconsin Diagnostic); "
+              "Fang et al. Section 4.1",
+    summary="30 tabular features, 2 classes, a seeded 455/114 split (ships with scikit-learn)",
+    num_classes=NUM_CLASSES, input_shape=(NUM_FEATURES,), seeded_split=True,
+)

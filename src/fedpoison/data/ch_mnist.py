@@ -33,6 +33,7 @@ from fedpoison.data.breast_cancer import random_split_indices
 from fedpoison.data.download import DecodeCache, ensure_writable, fetch
 from fedpoison.data.home import ENV_DATA, dataset_dir
 from fedpoison.errors import DataError
+from fedpoison.registry import register_dataset
 
 CSV_NAME = "hmnist_64_64_L.csv"
 ZIP_NAME = "Kather_texture_2016_image_tiles_5000.zip"
@@ -254,7 +255,7 @@ def load_ch_mnist(
     it is absent too and ``download`` is true. When neither works, the :class:`DataError` says
     how to obtain the data and exactly where to put it.
     """
-    folder = dataset_dir("ch-mnist", home)
+    folder = dataset_dir(FOLDER, home)
     csv_path = folder / CSV_NAME
     if not csv_path.exists():
         try:
@@ -268,3 +269,20 @@ def load_ch_mnist(
             ) from e
         build_csv_from_zip(zip_path, csv_path, expected_per_class=PER_CLASS)
     return from_csv(csv_path, seed, expected_rows=NUM_ROWS)
+
+
+FOLDER = "ch-mnist"
+
+
+def _load(seed: int = 0, home: Path | None = None, download: bool = True,
+          progress: bool = True) -> Dataset:
+    return load_ch_mnist(home, seed, download=download, progress=progress)
+
+
+register_dataset(
+    "ch-mnist", _load,
+    reference="Kather et al., Scientific Reports 2016 (Colorectal Histology MNIST); Fang et "
+              "al. Section 4.1",
+    summary="colorectal histology tiles, 64×64 grayscale, 8 classes, a seeded 4000/1000 split",
+    num_classes=NUM_CLASSES, input_shape=(1, 64, 64), seeded_split=True,
+)

@@ -23,13 +23,6 @@ ENV_DATA = "FEDPOISON_DATA"
 ENV_CACHE = "FEDPOISON_CACHE"
 """Environment variable that overrides the cache folder (derived files we may recompute)."""
 
-SUBDIRS: dict[str, str] = {
-    "mnist": "mnist",
-    "fashion-mnist": "fashion-mnist",
-    "ch-mnist": "ch-mnist",
-    "breast-cancer": "breast-cancer",
-}
-"""Dataset name -> folder under the data home."""
 
 
 def _absolute(path: Path) -> Path:
@@ -72,7 +65,7 @@ def cache_home() -> Path:
     return _absolute(_user_cache() / "fedpoison-cache")
 
 
-def dataset_dir(name: str, home: Path | None = None) -> Path:
-    """Return the folder of dataset ``name`` (a key of :data:`SUBDIRS`) under ``home``."""
+def dataset_dir(folder: str, home: Path | None = None) -> Path:
+    """Return the dataset folder ``folder`` under ``home`` (default :func:`data_home`)."""
     base = data_home() if home is None else _absolute(Path(home))
-    return base / SUBDIRS[name]
+    return base / folder

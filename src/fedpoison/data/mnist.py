@@ -18,6 +18,7 @@ from fedpoison.data.download import DecodeCache, fetch
 from fedpoison.data.home import dataset_dir
 from fedpoison.data.idx import read_idx_images, read_idx_labels
 from fedpoison.errors import DataError
+from fedpoison.registry import register_dataset
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
@@ -126,3 +127,28 @@ def load_fashion_mnist(
         download=download,
         progress=progress,
     )
+
+
+def _load_mnist(seed: int = 0, home: Path | None = None, download: bool = True,
+                progress: bool = True) -> Dataset:
+    return load_mnist(home, download=download, progress=progress)
+
+
+def _load_fashion_mnist(seed: int = 0, home: Path | None = None, download: bool = True,
+                        progress: bool = True) -> Dataset:
+    return load_fashion_mnist(home, download=download, progress=progress)
+
+
+register_dataset(
+    "mnist", _load_mnist,
+    reference="LeCun, Bottou, Bengio, Haffner, 1998; Fang et al. Section 4.1",
+    summary="handwritten digits, 28×28 grayscale, 10 classes, 60,000/10,000 (fixed split)",
+    num_classes=NUM_CLASSES, input_shape=(1, IMAGE_SIZE, IMAGE_SIZE),
+)
+register_dataset(
+    "fashion-mnist", _load_fashion_mnist,
+    reference="Xiao, Rasul, Vollgraf, 2017; Fang et al. Section 4.1 (batch 64)",
+    summary="clothing images, 28×28 grayscale, 10 classes, 60,000/10,000 (fixed split)",
+    num_classes=NUM_CLASSES, input_shape=(1, IMAGE_SIZE, IMAGE_SIZE),
+    defaults={"batch_size": 64},
+)

@@ -73,9 +73,3 @@ def noniid_partition(
     within = torch.minimum((u * group_size[group]).long(), group_size[group] - 1)
     owner = group_start[group] + within
     return Partition.from_owner(owner, num_workers)
-
-
-def iid_partition(n: int, num_workers: int, generator: torch.Generator) -> Partition:
-    """Every example to a uniformly random worker (used by Table 5's random split)."""
-    owner = torch.randint(num_workers, (n,), generator=generator)
-    return Partition.from_owner(owner, num_workers)

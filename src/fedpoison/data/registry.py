@@ -1,14 +1,12 @@
-"""Load any of the paper's datasets by name."""
+"""Load any registered dataset by name."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from fedpoison import registry
 from fedpoison.data.base import Dataset
-from fedpoison.errors import ConfigError
-
-DATASETS = ("mnist", "fashion-mnist", "ch-mnist", "breast-cancer")
-"""Names accepted by :func:`load`, as the paper lists them (Section 4.1)."""
+from fedpoison.errors import DataError
 
 
 def load(
@@ -19,33 +17,23 @@ def load(
     download: bool = True,
     progress: bool = True,
 ) -> Dataset:
-    """Load dataset ``name`` from ``home`` (default :func:`data_home`).
+    """Load dataset ``name`` (``fedpoison list datasets``) from ``home`` (default
+    :func:`fedpoison.data.data_home`).
 
-    ``seed`` selects the random train/test split of the datasets the paper splits at random
-    (CH-MNIST 4000/1000, breast cancer 455/114); MNIST and Fashion-MNIST have fixed splits and
-    ignore it. ``download`` allows fetching missing files; ``progress`` shows a progress bar
-    while downloading. Breast cancer ships with scikit-learn and ignores ``home``.
+    ``seed`` selects the random train/test split of the datasets that are split at random
+    (CH-MNIST 4000/1000, breast cancer 455/114); datasets with a fixed split ignore it.
+    ``download`` allows fetching missing files; ``progress`` shows a progress bar while
+    downloading. An unknown name raises ``ConfigError`` listing the registered ones.
     """
-    if name == "mnist":
-        from fedpoison.data.mnist import load_mnist
-
-        return load_mnist(home, download=download, progress=progress)
-    if name == "fashion-mnist":
-        from fedpoison.data.mnist import load_fashion_mnist
-
-        return load_fashion_mnist(home, download=download, progress=progress)
-    if name == "ch-mnist":
-        from fedpoison.data.ch_mnist import load_ch_mnist
-
-        return load_ch_mnist(home, seed, download=download, progress=progress)
-    if name == "breast-cancer":
-        from fedpoison.data.breast_cancer import load_breast_cancer
-
-        return load_breast_cancer(seed)
-    hint = ""
-    if isinstance(name, str):
-        spelled = name.strip().lower().replace("_", "-").replace(" ", "-")
-        spelled = {"fashionmnist": "fashion-mnist", "chmnist": "ch-mnist"}.get(spelled, spelled)
-        if spelled in DATASETS:
-            hint = f" (did you mean {spelled!r}?)"
-    raise ConfigError("dataset", f"unknown dataset {name!r}{hint}; allowed: {', '.join(DATASETS)}")
+    spec = registry.get("dataset", name)
+    ds = spec.impl(seed=seed, home=home, download=download, progress=progress)
+    if not isinstance(ds, Dataset):
+        raise DataError(f"dataset {spec.name}: its loader returned {type(ds).__name__}, "
+                        "not a fedpoison.data.Dataset")
+    if ds.num_classes != spec.num_classes or tuple(ds.input_shape) != tuple(spec.input_shape):
+        raise DataError(
+            f"dataset {spec.name}: registered with {spec.num_classes} classes and input shape "
+            f"{list(spec.input_shape)}, but the loader returned {ds.num_classes} classes and "
+            f"{list(ds.input_shape)}"
+        )
+    return ds

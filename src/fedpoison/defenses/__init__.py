@@ -1,25 +1,22 @@
-"""Defenses by name (Section 5). ``none`` keeps every local model; ``err``, ``lfr`` and
-``union`` reject local models by their impact on a validation set (``rejection``).
+"""Defenses (Section 5): choose rows of ``W`` to drop before the server's rule aggregates.
 
-The submodule ``leave_one_out`` (not re-exported under that name, which would shadow it)
-holds ``leave_one_out(rule, W, f, beta)`` and ``with_and_without``."""
+Each defense registers itself in its own module (:func:`fedpoison.register_defense`) as
+``reject(ctx: DefenseContext, **options) -> indices to drop``. Importing this package
+registers the built-in ones: ``err``, ``lfr`` and ``union`` (:mod:`.rejection`).
+"""
 
 from __future__ import annotations
 
-from fedpoison.defenses.base import Defense, DefenseContext
-from fedpoison.defenses.leave_one_out import with_and_without
-from fedpoison.defenses.rejection import check_defense, err, impacts, lfr, union
-
-DEFENSES: dict[str, Defense | None] = {"none": None, "err": err, "lfr": lfr, "union": union}
+from fedpoison.defenses.base import BoundDefense, Defense, DefenseContext
+from fedpoison.defenses.rejection import check_rejection, err, impacts, lfr, union
 
 __all__ = [
-    "DEFENSES",
+    "BoundDefense",
     "Defense",
     "DefenseContext",
-    "check_defense",
+    "check_rejection",
     "err",
     "impacts",
     "lfr",
     "union",
-    "with_and_without",
 ]

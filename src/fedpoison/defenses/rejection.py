@@ -1,9 +1,10 @@
 """ERR, LFR and Union (paper Section 5): reject the local models with the largest impact.
 
 For every local model i the server computes the global model A = rule(all k models) and
-B_i = rule(all models but i) with its own rule, f and β (``leave_one_out.with_and_without``:
-shared work, no k + 1 independent rule calls), then evaluates A and every B_i on its
-validation set in ONE batched call ``ctx.evaluate([A; B_1; ...; B_k])``.
+B_i = rule(all models but i) with its own rule, f and options (the rule's batched
+``with_and_without`` where it has one: shared work, no k + 1 independent rule calls), then
+evaluates A and every B_i on its validation set in ONE batched call
+``ctx.evaluate([A; B_1; ...; B_k])``.
 
 * ERR drops the f models with the largest error-rate impact ``E_A - E_B_i``;
 * LFR drops the f models with the largest loss impact ``L_A - L_B_i`` (cross-entropy);
@@ -22,20 +23,21 @@ Choices (docs/choices.md, "Defenses"):
 * ``f == 0`` drops nothing and evaluates nothing;
 * the server's rule must accept all k models, every k - 1, and the k - f (ERR, LFR) or
   k - 2f (Union, worst case) models left after the drop with the same f: checked up front
-  by ``check_defense``, which raises a ``ValueError`` naming the defense, rule, k and f.
+  by ``check_rejection``, which raises a ``ValueError`` naming the defense, rule, k and f.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from fedpoison.aggregators import check_aggregator
 from fedpoison.defenses.base import DefenseContext
-from fedpoison.defenses.leave_one_out import check_leave_one_out, with_and_without
+from fedpoison.registry import register_defense
 
-__all__ = ["REJECTIONS", "check_defense", "err", "impacts", "lfr", "most_harmful", "union"]
+__all__ = ["REJECTIONS", "check_rejection", "err", "impacts", "lfr", "most_harmful", "union"]
 
 #: The rejection defenses and the impacts each uses.
 REJECTIONS: dict[str, tuple[str, ...]] = {
@@ -49,30 +51,32 @@ def _max_dropped(defense: str, f: int) -> int:
     return f * len(REJECTIONS[defense])
 
 
-def check_defense(
-    defense: str, rule: str, k: int, f: int, beta: int | None = None
-) -> None:
-    """Validate ``defense`` with the server's ``rule`` on ``k`` local models, without data.
+def check_rejection(defense: str, rule: Any, k: int, f: int) -> None:
+    """Validate ``defense`` with the server's bound ``rule`` on ``k`` local models.
 
     The rule must aggregate all k models, every k - 1 (the models B_i) and the models left
     after dropping f (ERR, LFR) or up to 2f (Union). Raises ``ValueError``.
     """
-    if defense not in REJECTIONS:
-        raise ValueError(f"unknown defense {defense!r}; allowed: {', '.join(REJECTIONS)}")
     try:
-        check_leave_one_out(rule, k, f, beta)
+        rule.check(k, f)
+        if k < 2:
+            raise ValueError(f"{rule.name}: leave-one-out needs k >= 2 models, got k={k}")
+        try:
+            rule.check(k - 1, f)
+        except ValueError as e:
+            raise ValueError(f"leave-one-out on k={k} models aggregates k-1={k - 1}: {e}"
+                             ) from None
     except ValueError as e:
         raise ValueError(f"{defense}: {e}") from None
     left = k - _max_dropped(defense, f)
-    options = {"beta": beta} if rule == "trimmed-mean" else {}
     try:
         if left < 1:
-            raise ValueError(f"{rule}: needs at least one model")
-        check_aggregator(rule, left, f, **options)
+            raise ValueError(f"{rule.name}: needs at least one model")
+        rule.check(left, f)
     except ValueError as e:
         raise ValueError(
-            f"{defense}: drops up to {k - left} of k={k} models (f={f}), and {rule} cannot "
-            f"aggregate the {left} left with f={f}: {e}"
+            f"{defense}: drops up to {k - left} of k={k} models (f={f}), and {rule.name} "
+            f"cannot aggregate the {left} left with f={f}: {e}"
         ) from None
 
 
@@ -82,7 +86,7 @@ def impacts(ctx: DefenseContext) -> tuple[Tensor, Tensor]:
     One leave-one-out aggregation and one batched ``ctx.evaluate`` of the k + 1 models.
     Rows with a NaN or +-Inf entry get +inf; NaN impacts (both losses infinite) become 0.
     """
-    A, B = with_and_without(ctx.rule, ctx.W, ctx.f, ctx.beta)
+    A, B = ctx.rule.with_and_without(ctx.W, ctx.f)
     error, loss = ctx.evaluate(torch.cat([A.unsqueeze(0), B]))
     error = error.detach().to("cpu", torch.float64)
     loss = loss.detach().to("cpu", torch.float64)
@@ -104,7 +108,7 @@ def most_harmful(impact: Tensor, f: int) -> Tensor:
 
 def _reject(ctx: DefenseContext, defense: str) -> Tensor:
     k = ctx.W.shape[0]
-    check_defense(defense, ctx.rule, k, ctx.f, ctx.beta)
+    check_rejection(defense, ctx.rule, k, ctx.f)
     if ctx.f == 0:
         return torch.empty(0, dtype=torch.int64, device=ctx.W.device)
     error, loss = impacts(ctx)
@@ -129,3 +133,20 @@ def union(ctx: DefenseContext) -> Tensor:
     """Union of ERR and LFR (Section 5): drop every model either drops (f to 2f models),
     from one shared leave-one-out aggregation and evaluation."""
     return _reject(ctx, "union")
+
+
+def _registration(name: str, fn: Any, summary: str) -> None:
+    def check(rule: Any, k: int, f: int) -> None:
+        check_rejection(name, rule, k, f)
+
+    register_defense(
+        name, fn, reference="Fang, Cao, Jia, Gong, USENIX Security 2020, Section 5",
+        summary=summary, check=check, needs_validation=True,
+    )
+
+
+_registration("err", err, "Error Rate based Rejection: drop the f models whose removal lowers "
+                          "the validation error rate most")
+_registration("lfr", lfr, "Loss Function based Rejection: drop the f models whose removal "
+                          "lowers the validation cross-entropy most")
+_registration("union", union, "drop every model ERR or LFR drops (f to 2f models)")

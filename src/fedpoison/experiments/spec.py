@@ -22,6 +22,12 @@ Common keys: ``name``, ``title``, ``metric`` (``final_error``, ``best_error`` or
 may hold ``trials``). A string value may name another field or axis in braces: ``attack:
 "{rule}"`` is the attack crafted for the point's rule.
 
+Component options: ``rule_options``, ``attack_options`` and ``defense_options`` take a
+mapping (``attack_options: {epsilon: 0.1}``, which replaces the whole mapping), a dotted key
+sets one option (``attack_options.epsilon: 0.1``) and may be an axis
+(``grid: {rule_options.beta: [20, 25]}``); the aliases components declare (``beta``,
+``epsilon``, ...) work too. ``preaggregators`` takes a list.
+
 Every run of a spec is validated before any starts: an unknown field, a bad value or an
 impossible combination raises one :class:`ConfigError` that names the entry.
 """
@@ -39,12 +45,15 @@ from typing import Any
 
 import yaml
 
+from fedpoison.config import OPTION_FIELDS as OPTION_FIELD_NAMES
 from fedpoison.config import RunConfig
 from fedpoison.errors import ConfigError
 
 KINDS = ("sweep", "table", "figure")
 METRICS = ("final_error", "best_error", "final_loss")
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+#: Fields whose value is a mapping of a component's options.
+OPTION_FIELDS = tuple(OPTION_FIELD_NAMES.values())
 SPEC_KEYS = (
     "name", "title", "kind", "description", "metric", "trials", "quick", "base", "grid",
     "rows", "columns", "row_key", "column_key", "paper", "series", "panels", "variants",
@@ -188,9 +197,9 @@ class SweepSpec:
             for combo in itertools.product(*(axis.items for axis in block.axes)):
                 labels = tuple((a.name, it.label) for a, it in zip(block.axes, combo, strict=True))
                 xs = tuple((a.name, it.x) for a, it in zip(block.axes, combo, strict=True))
-                cfg: dict[str, Any] = {**self.base, **block.overrides}
-                for it in combo:
-                    cfg.update(it.overrides)
+                cfg: dict[str, Any] = {}
+                for overrides in (self.base, block.overrides, *(it.overrides for it in combo)):
+                    merge(cfg, overrides)
                 point = Point(block.id, labels, xs, cfg)
                 out.append(dataclasses.replace(point, config=self._fill(cfg, point)))
         return out
@@ -228,10 +237,19 @@ class SweepSpec:
         return out
 
     def _fill(self, cfg: dict[str, Any], point: Point) -> dict[str, Any]:
-        """Replace ``{name}`` in string values by the point's axis label or field value."""
+        """Replace ``{name}`` in string values (also inside option mappings) by the point's
+        axis label or field value."""
+        out = self._fill_flat(cfg, point, cfg)
+        for head in OPTION_FIELDS:
+            if isinstance(out.get(head), Mapping):
+                out[head] = self._fill_flat(dict(out[head]), point, cfg)
+        return out
+
+    def _fill_flat(self, values: dict[str, Any], point: Point, cfg: dict[str, Any]
+                   ) -> dict[str, Any]:
         labels = dict(point.labels)
-        out = dict(cfg)
-        for k, v in cfg.items():
+        out = dict(values)
+        for k, v in values.items():
             if not isinstance(v, str) or "{" not in v:
                 continue
 
@@ -346,8 +364,7 @@ def _panel(pid: str, panel: Any, default_series: Any, where: str) -> Block:
     if "field" not in x or "values" not in x:
         raise ConfigError("x", f"{here}, x: needs 'field' and 'values'")
     xfield = str(x["field"])
-    if xfield not in CONFIG_FIELDS:
-        raise ConfigError(xfield, f"unknown config field ({here}, x.field)")
+    _check_key(xfield, f"{here}, x.field")
     scale = x.get("scale", "linear")
     if scale not in ("linear", "log"):
         raise ConfigError("x", f"{here}, x.scale: got {scale!r}; allowed: linear, log")
@@ -375,9 +392,11 @@ def _axis(name: str, values: Any, where: str) -> Axis:
             x = fields.get(name, _compact(fields))
             items.append(Item(str(x), x, fields))
         else:
-            if name not in CONFIG_FIELDS:
+            try:
+                _check_key(name, where)
+            except ConfigError:
                 raise ConfigError(name, f"unknown config field ({where}); an axis that is not "
-                                        "a field needs mapping items (field → value)")
+                                        "a field needs mapping items (field → value)") from None
             items.append(Item(str(v), v, {name: v}))
     _unique(items, where)
     return Axis(name, tuple(items))
@@ -400,16 +419,61 @@ def _labelled(values: Any, where: str, aliases: dict[str, str]) -> tuple[Item, .
     return tuple(items)
 
 
+def _check_key(key: str, where: str) -> None:
+    """``key`` must be a config field, a dotted option key or a declared option alias."""
+    if key in CONFIG_FIELDS:
+        return
+    head, dot, opt = key.partition(".")
+    if dot:
+        if head in OPTION_FIELDS and opt:
+            return
+        raise ConfigError(key, f"unknown config field ({where}); dotted keys set an option: "
+                               f"{', '.join(f'{h}.NAME' for h in OPTION_FIELDS)}")
+    from fedpoison import registry
+
+    for kind in OPTION_FIELD_NAMES:
+        if key in registry.REGISTRY.aliases_of_options(kind):
+            return
+    raise ConfigError(key, f"unknown config field ({where}); known: "
+                           f"{', '.join(sorted(CONFIG_FIELDS))}, dotted option keys "
+                           f"({', '.join(f'{h}.NAME' for h in OPTION_FIELDS)}) and option "
+                           "aliases (fedpoison list)")
+
+
+def merge(cfg: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Apply ``overrides`` to ``cfg`` in place: a dotted key sets one option of its mapping,
+    a mapping value for an option field replaces the whole mapping, anything else is set."""
+    for k, v in overrides.items():
+        head, dot, opt = k.partition(".")
+        if dot and head in OPTION_FIELDS:
+            cfg[head] = {**dict(cfg.get(head) or {}), opt: v}
+        elif k in OPTION_FIELDS:
+            cfg[k] = dict(v or {})
+        else:
+            cfg[k] = v
+
+
 def _fields(d: Any, where: str) -> dict[str, Any]:
     d = _mapping(d, where)
     for k, v in d.items():
-        if k not in CONFIG_FIELDS:
-            raise ConfigError(str(k), f"unknown config field ({where}); known: "
-                                      f"{', '.join(sorted(CONFIG_FIELDS))}")
+        _check_key(str(k), where)
         if k == "seed":
             raise ConfigError("seed", f"set by the trial number, trial t runs with seed t "
                                       f"({where}); use 'trials: N'")
-        if isinstance(v, list | dict):
+        if k in OPTION_FIELDS:
+            if v is not None and not isinstance(v, Mapping):
+                raise ConfigError(str(k), f"must be a mapping of option names to values, got "
+                                          f"{v!r} ({where})")
+            for ov in (v or {}).values():
+                if isinstance(ov, list | dict):
+                    raise ConfigError(str(k), f"option values must be single values, got "
+                                              f"{ov!r} ({where}); put lists of values in the "
+                                              "grid with a dotted key")
+        elif k == "preaggregators":
+            if not isinstance(v, list | str):
+                raise ConfigError(str(k), f"must be a list of names or {{name, options}} "
+                                          f"({where}), got {v!r}")
+        elif isinstance(v, list | dict):
             raise ConfigError(str(k), f"must be a single value, got {v!r} ({where}); "
                                       "put lists of values in the grid")
     return dict(d)

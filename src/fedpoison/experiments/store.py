@@ -201,7 +201,7 @@ class ResultStore:
             res = json.loads(result)
             t = json.loads(timings or "{}")
             rec: dict[str, Any] = {"key": key}
-            rec.update(json.loads(config))
+            rec.update(flatten_config(json.loads(config)))
             rec.update({"final_error": fe, "best_error": be, "final_loss": fl,
                         "best_iteration": res.get("best_iteration"), "seconds": sec})
             rec.update({f"time_{p}": t.get(p) for p in PHASES})
@@ -243,6 +243,20 @@ class ResultStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config as flat columns: component options as ``rule_options.beta`` etc.,
+    pre-aggregators as one JSON string."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in sorted(value.items())})
+        elif isinstance(value, list):
+            out[key] = json.dumps(value, sort_keys=True)
+        else:
+            out[key] = value
+    return out
 
 
 def _columns(records: list[dict[str, Any]]) -> list[str]:

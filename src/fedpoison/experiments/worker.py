@@ -1,8 +1,8 @@
 """What an executor runs for one job: a config dict in, the run's result JSON out.
 
 Datasets are loaded once per process and kept in a small cache keyed by (name, split seed):
-MNIST and Fashion-MNIST have fixed train/test splits (``fedpoison.data.load`` ignores the
-seed for them), the other datasets are split by the run's seed.
+a dataset with a fixed train/test split (MNIST, Fashion-MNIST) ignores the seed, the
+others (``seeded_split`` in their spec) are split by the run's seed.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ Runner = Callable[[dict[str, Any], Dataset], dict[str, Any]]
 #: ``loader(name, split_seed) -> Dataset`` (default :func:`load_dataset`).
 Loader = Callable[[str, int], Dataset]
 
-FIXED_SPLIT = frozenset({"mnist", "fashion-mnist"})
-
-
 def dataset_key(config: Mapping[str, Any]) -> tuple[str, int]:
-    """(dataset, split seed): runs with the same key share one loaded dataset."""
+    """(dataset, split seed): runs with the same key share one loaded dataset (a dataset
+    whose train/test split does not depend on the seed is loaded once)."""
+    from fedpoison import registry
+
     name = str(config.get("dataset", "mnist"))
-    return name, 0 if name in FIXED_SPLIT else int(config.get("seed", 0))
+    seeded = registry.get("dataset", name).seeded_split
+    return name, int(config.get("seed", 0)) if seeded else 0
 
 
 def load_dataset(name: str, seed: int) -> Dataset:

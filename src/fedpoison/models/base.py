@@ -27,13 +27,11 @@ class FlatModel(Protocol):
         ...
 
     def batched_grad(
-        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor, shared: bool
+        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor
     ) -> Tensor:
         """Per-worker gradient of the mean cross-entropy over each worker's own batch.
 
         W [k, dim] (one model per worker), x [k, B, ...], y [k, B] int64, mask [k, B] bool
-        (False = padding when a worker holds fewer than B examples). ``shared`` promises that
-        all rows of W are equal (the first local round), which lets a model run one pass
-        with shared weights. Returns [k, dim].
+        (False = padding when a worker holds fewer than B examples). Returns [k, dim].
         """
         ...

@@ -26,6 +26,7 @@ from fedpoison.models.batched import (
     worker_chunks,
 )
 from fedpoison.models.flat import AutogradReference, FlatLayout, pytorch_default_init
+from fedpoison.registry import register_model
 
 
 class CNN(AutogradReference):
@@ -138,7 +139,7 @@ class CNN(AutogradReference):
         return torch.cat(out, 1) if out else x.new_zeros(k, 0, self.num_classes)
 
     def batched_grad(
-        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor, shared: bool
+        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor
     ) -> Tensor:
         """Per-worker gradient of the mean cross-entropy over each worker's batch [k, dim].
 
@@ -149,7 +150,7 @@ class CNN(AutogradReference):
         handful of blocks, not a loop over workers) so that the first layer's large
         activations stay in cache; beyond the memory budget likewise. The same code serves
         shared and diverged weights: a grouped convolution costs the same as a shared-weight
-        one on oneDNN (docs/choices.md, "Models"), so ``shared`` is not needed for speed.
+        one on oneDNN (docs/choices.md, "Models").
         """
         k, B = y.shape
         G = torch.empty_like(W)
@@ -232,3 +233,17 @@ def _pool_no_indices(h: Tensor, size: int) -> tuple[Tensor, None]:
 def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:
     """grad where the ReLU output is positive, else 0 (one fused pass)."""
     return torch.ops.aten.threshold_backward(grad, out, 0.0)
+
+
+def _build(ds: object) -> CNN:
+    shape = tuple(ds.input_shape)  # type: ignore[attr-defined]
+    return CNN(shape, ds.num_classes)  # type: ignore[arg-type, attr-defined]
+
+
+register_model(
+    "cnn", _build,
+    reference="Fang et al., USENIX Security 2020, Table 7a",
+    summary="conv 3×3×30 → pool → conv 3×3×50 → pool → FC 200 → FC L, all workers in "
+            "grouped convolutions",
+    inputs=("image",),
+)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fedpoison.registry import register_model
+
 
 class LogisticRegression:
     """Softmax regression: logits = x Aᵀ + b with A ∈ R^{L×F}, b ∈ R^L.
@@ -35,7 +37,7 @@ class LogisticRegression:
         return torch.einsum("nf,klf->knl", x, A) + b[:, None, :]
 
     def batched_grad(
-        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor, shared: bool
+        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor
     ) -> Tensor:
         k, B = y.shape
         A, b = self._split(W)
@@ -48,3 +50,16 @@ class LogisticRegression:
         grad_A = torch.bmm(delta.transpose(1, 2), x)  # [k, L, F]
         grad_b = delta.sum(1)
         return torch.cat([grad_A.reshape(k, -1), grad_b], dim=1)
+
+
+def _build(ds: object) -> LogisticRegression:
+    return LogisticRegression(ds.num_features, ds.num_classes)  # type: ignore[attr-defined]
+
+
+register_model(
+    "lr", _build,
+    reference="Fang et al., USENIX Security 2020, Section 4.1 (multinomial logistic regression)",
+    summary="softmax regression on the flattened inputs, closed-form batched gradient",
+    inputs=("image", "tabular"),
+    defaults=lambda ds: {"lr": 0.1, "iterations": 500},
+)

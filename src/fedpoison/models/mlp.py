@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from fedpoison.models.batched import linear
 from fedpoison.models.flat import AutogradReference, FlatLayout, pytorch_default_init
+from fedpoison.registry import register_model
 
 
 class MLP(AutogradReference):
@@ -52,7 +53,7 @@ class MLP(AutogradReference):
         return linear(h, P["fc2.weight"], P["fc2.bias"])
 
     def batched_grad(
-        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor, shared: bool
+        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor
     ) -> Tensor:
         """Per-worker gradient of the mean cross-entropy over each worker's batch [k, dim]."""
         k, B = y.shape
@@ -89,3 +90,18 @@ class _MLPModule(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def _build(ds: object) -> MLP:
+    return MLP(ds.num_features, ds.num_classes)  # type: ignore[attr-defined]
+
+
+register_model(
+    "mlp", _build,
+    reference="Fang et al., USENIX Security 2020, Section 4.1 and Table 7a's fully connected "
+              "head (our reading of 'the DNN' for tabular data, docs/choices.md)",
+    summary="F → 200 + ReLU → L, closed-form batched gradient",
+    inputs=("image", "tabular"),
+    # α = 1.0 on tabular data (Breast Cancer), docs/choices.md "Learning rates".
+    defaults=lambda ds: {"lr": 1.0 if len(ds.input_shape) == 1 else 0.1},
+)

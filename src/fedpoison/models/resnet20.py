@@ -42,6 +42,7 @@ from fedpoison.models.batched import (
     worker_chunks,
 )
 from fedpoison.models.flat import FlatLayout, pytorch_default_init
+from fedpoison.registry import register_model
 
 EPS = 1e-5
 
@@ -156,12 +157,12 @@ class ResNet20:
         return torch.cat(out, 1) if out else x.new_zeros(k, 0, self.num_classes)
 
     def batched_grad(
-        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor, shared: bool
+        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor
     ) -> Tensor:
         """Per-worker gradient [k, dim] of the mean cross-entropy over each worker's batch,
         with ``running − batch statistic`` in the running-statistics coordinates (module
         docstring). All workers in one autograd pass (chunks of workers only beyond the memory
-        budget); ``shared`` is not needed: grouped convolutions cost the same either way."""
+        budget); grouped convolutions cost the same for shared and diverged weights."""
         k, B = y.shape
         chunks = worker_chunks(k, B, self.bytes_per_example, self.memory_budget)
         if len(chunks) == 1:
@@ -274,3 +275,16 @@ class _ResNet20Module(nn.Module):
         h = F.relu(self.bn1(self.conv1(x)))
         h = self.layer3(self.layer2(self.layer1(h)))
         return self.fc(h.mean((2, 3)))
+
+
+def _build(ds: object) -> ResNet20:
+    shape = tuple(ds.input_shape)  # type: ignore[attr-defined]
+    return ResNet20(shape, ds.num_classes)  # type: ignore[arg-type, attr-defined]
+
+
+register_model(
+    "resnet20", _build,
+    reference="He, Zhang, Ren, Sun, CVPR 2016 (ResNet20); Fang et al. Section 4.1 (CH-MNIST)",
+    summary="ResNet20 with per-worker BatchNorm statistics in the flat vector",
+    inputs=("image",),
+)

@@ -1,0 +1,7 @@
+"""``python -m fedpoison``: the ``fedpoison`` command."""
+
+import sys
+
+from fedpoison.cli import main
+
+sys.exit(main())

@@ -1,0 +1,248 @@
+"""Resolving a RunConfig: defaults from the component specs, every value validated once.
+
+Nothing here names a component: the dataset's spec gives its class count, input shape and
+defaults, the model's spec the inputs it accepts and its defaults, each rule, attack,
+defense and pre-aggregator its options and preconditions (:mod:`fedpoison.registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from fedpoison import registry
+from fedpoison.config import (
+    DEVICES,
+    MAX_WORKERS,
+    OPTION_FIELDS,
+    RunConfig,
+    check_choice,
+    check_float,
+    check_int,
+    config_fields,
+)
+from fedpoison.errors import ConfigError
+from fedpoison.registry import GOALS, KNOWLEDGE
+
+DEFAULT_LR = 0.1
+DEFAULT_BATCH = 32
+DEFAULT_ITERATIONS = 2000  # neural networks (Section 4.1); a model spec may say otherwise
+
+
+# ============================================================================ normalize
+def normalize(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Config fields from a mapping with dotted option keys and option aliases.
+
+    ``{"rule": "trimmed-mean", "beta": 20}`` and ``{"rule_options.beta": 20}`` both give
+    ``rule_options={"beta": 20}``. An alias applies to the selected component of its kind
+    only; naming an option the selected component does not have is an error.
+    """
+    if not isinstance(d, Mapping):
+        raise ConfigError("config", f"must be a mapping, got {type(d).__name__}")
+    known = set(config_fields())
+    out: dict[str, Any] = {}
+    dotted: list[tuple[str, str, Any]] = []
+    aliases: list[tuple[str, Any]] = []
+    for key, value in d.items():
+        key = str(key)
+        if key in known:
+            out[key] = value
+        elif "." in key:
+            head, _, opt = key.partition(".")
+            if head not in OPTION_FIELDS.values():
+                raise ConfigError(key, f"unknown config field; dotted keys set an option: "
+                                       f"{', '.join(f'{v}.NAME' for v in OPTION_FIELDS.values())}")
+            dotted.append((head, opt, value))
+        else:
+            aliases.append((key, value))
+    for head, opt, value in dotted:
+        current = dict(out.get(head) or {})
+        current[opt] = value
+        out[head] = current
+    for key, value in aliases:
+        kind, option = _alias_target(key, out)
+        head = OPTION_FIELDS[kind]
+        current = dict(out.get(head) or {})
+        if option in current and current[option] != value:
+            raise ConfigError(key, f"sets {head}.{option} = {value!r}, which is also set to "
+                                   f"{current[option]!r}")
+        current[option] = value
+        out[head] = current
+    return out
+
+
+def _alias_target(key: str, fields_: Mapping[str, Any]) -> tuple[str, str]:
+    """Which option of which selected component the alias ``key`` sets."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    declared: list[str] = []
+    for kind in OPTION_FIELDS:
+        table = registry.REGISTRY.aliases_of_options(kind)
+        if key not in table:
+            continue
+        selected = fields_.get(kind, defaults[kind])
+        for comp, option in table[key]:
+            declared.append(f"{kind} {comp}")
+            try:
+                if registry.REGISTRY.canonical(kind, str(selected))[0] == comp:
+                    return kind, option
+            except ConfigError:
+                continue
+    if declared:
+        raise ConfigError(key, f"is an option of {' and '.join(declared)}, not of the "
+                               "selected components")
+    known = ", ".join(sorted(config_fields()))
+    raise ConfigError(key, f"unknown config field; known: {known}")
+
+
+# ============================================================================== resolve
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """Fill in every default and validate (see :meth:`RunConfig.resolve`)."""
+    _check_scalars(cfg)
+    ds = registry.get("dataset", cfg.dataset)
+    model = registry.get("model", cfg.model)
+    model.check_inputs(ds.name, ds.input_shape)
+    if cfg.workers < ds.num_classes:
+        raise ConfigError("workers", f"the non-IID split needs at least one worker per class: "
+                                     f"{ds.name} has {ds.num_classes} classes, got "
+                                     f"workers={cfg.workers}")
+    model_defaults = dict(model.defaults(ds) if model.defaults else {})
+    lr = cfg.lr if cfg.lr is not None else float(model_defaults.get("lr", DEFAULT_LR))
+    batch = cfg.batch_size if cfg.batch_size is not None else int(
+        ds.defaults.get("batch_size", DEFAULT_BATCH))
+    iterations = cfg.iterations if cfg.iterations is not None else int(
+        model_defaults.get("iterations", DEFAULT_ITERATIONS))
+    k = cfg.per_iteration
+    if cfg.f is None:
+        f = cfg.compromised if k == cfg.workers else math.ceil(cfg.compromised * k / cfg.workers)
+        f = min(f, k - 1)
+    else:
+        f = check_int("f", cfg.f, 0, k - 1, "less than the models aggregated per iteration")
+
+    rule = registry.get("rule", cfg.rule)
+    rule_options = rule.resolve_options(cfg.rule_options)
+    preaggs = []
+    m_rule, f_rule = k, f
+    for name, given in cfg.preaggregators:
+        spec = registry.get("preaggregator", name)
+        opts = spec.resolve_options(given)
+        if spec.output is not None:
+            try:
+                m_rule, f_rule = spec.output(m_rule, f_rule, **opts)
+            except ValueError as e:
+                raise ConfigError("preaggregators", f"{spec.name}: {e}") from None
+        preaggs.append((spec.name, opts))
+    _check_rule(rule, rule_options, m_rule, f_rule, preaggs)
+
+    attack_name, attack_options, knowledge, goal = _resolve_attack(cfg, rule.name, k, f)
+    defense_name, defense_options = _resolve_defense(cfg, rule.name, rule_options,
+                                                     tuple(preaggs), k, f)
+    return dataclasses.replace(
+        cfg, dataset=ds.name, model=model.name, rule=rule.name, lr=lr, batch_size=batch,
+        iterations=iterations, f=f, rule_options=rule_options, attack=attack_name,
+        attack_options=attack_options, knowledge=knowledge, goal=goal, defense=defense_name,
+        defense_options=defense_options, preaggregators=tuple(preaggs),
+    )
+
+
+def _check_scalars(cfg: RunConfig) -> None:
+    for name in ("dataset", "model", "rule", "attack", "defense"):
+        value = getattr(cfg, name)
+        if not isinstance(value, str):
+            raise ConfigError(name, f"must be a name, got {value!r}")
+    check_choice("device", cfg.device, DEVICES)
+    check_int("workers", cfg.workers, 1, MAX_WORKERS)
+    check_int("compromised", cfg.compromised, 0, cfg.workers - 1, "less than workers")
+    check_float("noniid", cfg.noniid, 0.0, 1.0)
+    if cfg.iterations is not None:
+        check_int("iterations", cfg.iterations, 1, 10**9)
+    if cfg.sample is not None:
+        check_int("sample", cfg.sample, 1, cfg.workers, "at most workers")
+    check_int("local_rounds", cfg.local_rounds, 1, 10**6)
+    if cfg.batch_size is not None:
+        check_int("batch_size", cfg.batch_size, 1, 10**7)
+    if cfg.lr is not None:
+        check_float("lr", cfg.lr, 0.0, None, low_open=True)
+    check_int("seed", cfg.seed, 0, 2**63 - 1)
+    check_float("poison_fraction", cfg.poison_fraction, 0.0, 1.0)
+    check_int("validation_size", cfg.validation_size, 1, 10**9)
+    check_int("eval_every", cfg.eval_every, 1, 10**9)
+    if cfg.train_subset is not None:
+        check_int("train_subset", cfg.train_subset, 1, 10**10)
+    for name in ("knowledge", "goal"):
+        value = getattr(cfg, name)
+        if value is not None:
+            check_choice(name, value, KNOWLEDGE if name == "knowledge" else GOALS)
+
+
+def _check_rule(rule: registry.RuleSpec, options: Mapping[str, Any], m: int, f: int,
+                preaggs: list[tuple[str, dict[str, Any]]]) -> None:
+    if rule.check is None:
+        return
+    try:
+        rule.check(m, f, **options)
+    except ValueError as e:
+        after = f" (after {', '.join(n for n, _ in preaggs)})" if preaggs else ""
+        raise ConfigError("rule", f"{e}{after}") from None
+
+
+def _resolve_attack(cfg: RunConfig, server_rule: str, k: int, f: int
+                    ) -> tuple[str, dict[str, Any], str | None, str | None]:
+    """(name, options, knowledge, goal) of the attack; 'none' has no options."""
+    if cfg.attack == "none":
+        if cfg.attack_options:
+            raise ConfigError("attack_options", "attack 'none' takes no options")
+        return "none", {}, None, None
+    name, preset = registry.REGISTRY.canonical("attack", cfg.attack)
+    spec: registry.AttackSpec = registry.get("attack", name)
+    given = dict(preset)
+    for key, value in cfg.attack_options.items():
+        if key in preset and preset[key] != value:
+            raise ConfigError("attack_options", f"attack {cfg.attack!r} is {name} with "
+                                                f"{key}={preset[key]!r}; got {key}={value!r}")
+        given[key] = value
+    target = None
+    if spec.target == "option":
+        target = given.pop("target_rule", None)
+        if target is None:
+            target = server_rule
+        target = registry.get("rule", str(target)).name
+    options = spec.resolve_options(given)
+    if spec.target == "option":
+        options["target_rule"] = target
+    if cfg.compromised == 0:
+        raise ConfigError("compromised", f"attack {name!r} needs compromised ≥ 1")
+    knowledge = (cfg.knowledge or "full") if spec.knowledge else None
+    goal = (cfg.goal or "directed") if spec.goals else None
+    if knowledge is not None and knowledge not in spec.knowledge:
+        raise ConfigError("knowledge", f"attack {name!r} supports {', '.join(spec.knowledge)}; "
+                                       f"got {knowledge!r}")
+    if goal is not None and goal not in spec.goals:
+        raise ConfigError("goal", f"attack {name!r} supports goal {', '.join(spec.goals)}; "
+                                  f"got {goal!r}")
+    if spec.check is not None:
+        try:
+            spec.check(m=k, c=cfg.compromised, f=f, knowledge=knowledge, goal=goal, **options)
+        except ValueError as e:
+            raise ConfigError("attack", str(e)) from None
+    return name, options, knowledge, goal
+
+
+def _resolve_defense(cfg: RunConfig, rule: str, rule_options: Mapping[str, Any],
+                     preaggs: tuple[tuple[str, dict[str, Any]], ...], k: int, f: int
+                     ) -> tuple[str, dict[str, Any]]:
+    if cfg.defense == "none":
+        if cfg.defense_options:
+            raise ConfigError("defense_options", "defense 'none' takes no options")
+        return "none", {}
+    spec: registry.DefenseSpec = registry.get("defense", cfg.defense)
+    options = spec.resolve_options(cfg.defense_options)
+    if spec.check is not None:
+        from fedpoison.server import bind_pipeline
+
+        try:
+            spec.check(bind_pipeline(rule, rule_options, preaggs), k, f, **options)
+        except ValueError as e:
+            raise ConfigError("defense", str(e)) from None
+    return spec.name, options

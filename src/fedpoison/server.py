@@ -1,0 +1,238 @@
+"""The server of one run: defense, then pre-aggregators, then the aggregation rule.
+
+Each iteration the server receives the local models ``W`` [k, d] (after any attack); an
+optional defense drops suspected rows (Section 5); the pre-aggregators transform what is
+left (bucketing, clipping, ...); the rule aggregates it into the next global model. Rules
+that ask for it get a :class:`ServerContext`: the previous global model, the iteration,
+their own state carried across iterations, the server's held-out data and a seeded
+generator. The paper's rules stay pure ``(W, f)`` kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedpoison import registry
+from fedpoison.registry import PreaggregatorSpec, RuleSpec
+
+Notes = dict[str, list[float]]
+
+
+@dataclass
+class ServerData:
+    """Examples the server holds (drawn from the test set, as the paper's defenses do).
+
+    ``evaluate(models [n, d]) -> (error rates [n], cross-entropies [n])`` in one batched pass.
+    """
+
+    x: Tensor
+    y: Tensor
+    evaluate: Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class ServerContext:
+    """What a rule, pre-aggregator or defense may ask the server for in one iteration."""
+
+    iteration: int
+    previous: Tensor  # the global model the workers started from (w_Re)
+    state: dict[str, Any]  # this component's own state, kept across iterations
+    generator: torch.Generator
+    server_data: ServerData | None = None
+    notes: Notes | None = None
+
+    def note(self, name: str, value: float) -> None:
+        if self.notes is not None:
+            self.notes.setdefault(name, []).append(float(value))
+
+
+class BoundRule:
+    """A registered rule with its options bound: ``rule(W, f, ctx=None) -> w``."""
+
+    def __init__(self, spec: RuleSpec, options: Mapping[str, Any]) -> None:
+        self.spec = spec
+        self.options = dict(options)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def selects_row(self) -> bool:
+        return self.spec.selects_row
+
+    def check(self, m: int, f: int) -> None:
+        """The rule's precondition on ``m`` models with ``f`` assumed Byzantine."""
+        if self.spec.check is not None:
+            self.spec.check(m, f, **self.options)
+
+    def __call__(self, W: Tensor, f: int, ctx: ServerContext | None = None) -> Tensor:
+        if self.spec.needs:
+            if ctx is None:
+                raise ValueError(f"rule {self.name} needs the server context "
+                                 f"({', '.join(sorted(self.spec.needs))})")
+            return self.spec.impl(W, f, ctx=ctx, **self.options)
+        return self.spec.impl(W, f, **self.options)
+
+    def with_and_without(self, W: Tensor, f: int, ctx: ServerContext | None = None
+                         ) -> tuple[Tensor, Tensor]:
+        """``(A, B)``: ``A = rule(W)`` and ``B[i] = rule(W without row i)`` (defenses).
+
+        The rule's own batched leave-one-out when it has one, else ``k`` rule calls (a
+        generic fallback: correct for any rule, slow for large ``k``)."""
+        fast = self.spec.with_and_without
+        if fast is not None and not self.spec.needs:
+            return fast(W, f, **self.options)
+        return loop_with_and_without(lambda X: self(X, f, ctx), W)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name}({opts})"
+
+
+def loop_with_and_without(aggregate: Callable[[Tensor], Tensor], W: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+    """The reference leave-one-out: one aggregation of all rows and one without each row."""
+    k = W.shape[0]
+    keep = torch.ones(k, dtype=torch.bool, device=W.device)
+    out = []
+    for i in range(k):
+        keep[i] = False
+        out.append(aggregate(W[keep]))
+        keep[i] = True
+    return aggregate(W), torch.stack(out)
+
+
+class BoundPreaggregator:
+    """A registered pre-aggregator with its options bound: ``preagg(W, f, ctx) -> W'``."""
+
+    def __init__(self, spec: PreaggregatorSpec, options: Mapping[str, Any]) -> None:
+        self.spec = spec
+        self.options = dict(options)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def output(self, m: int, f: int) -> tuple[int, int]:
+        if self.spec.output is None:
+            return m, f
+        return self.spec.output(m, f, **self.options)
+
+    def __call__(self, W: Tensor, f: int, ctx: ServerContext | None = None) -> Tensor:
+        if self.spec.needs:
+            if ctx is None:
+                raise ValueError(f"pre-aggregator {self.name} needs the server context")
+            return self.spec.impl(W, f, ctx=ctx, **self.options)
+        return self.spec.impl(W, f, **self.options)
+
+
+class Pipeline:
+    """Pre-aggregators followed by a rule, usable wherever a rule is (defenses, attacks).
+
+    With no pre-aggregators it is the rule itself (and keeps its batched leave-one-out).
+    """
+
+    def __init__(self, rule: BoundRule, preaggs: Sequence[BoundPreaggregator] = ()) -> None:
+        self.rule = rule
+        self.preaggs = list(preaggs)
+
+    @property
+    def name(self) -> str:
+        return "+".join([*(p.name for p in self.preaggs), self.rule.name])
+
+    @property
+    def needs(self) -> frozenset[str]:
+        out = set(self.rule.spec.needs)
+        for p in self.preaggs:
+            out |= p.spec.needs
+        return frozenset(out)
+
+    def check(self, m: int, f: int) -> None:
+        for p in self.preaggs:
+            m, f = p.output(m, f)
+        self.rule.check(m, f)
+
+    def __call__(self, W: Tensor, f: int, ctx: ServerContext | None = None,
+                 contexts: Sequence[ServerContext] | None = None) -> Tensor:
+        """Aggregate ``W``; ``contexts`` gives each pre-aggregator its own context (state),
+        the last one (or ``ctx``) is the rule's."""
+        for i, p in enumerate(self.preaggs):
+            f_out = p.output(W.shape[0], f)[1]
+            W = p(W, f, contexts[i] if contexts is not None else ctx)
+            f = f_out
+        rule_ctx = contexts[-1] if contexts is not None else ctx
+        return self.rule(W, f, rule_ctx)
+
+    def with_and_without(self, W: Tensor, f: int, ctx: ServerContext | None = None
+                         ) -> tuple[Tensor, Tensor]:
+        if not self.preaggs:
+            return self.rule.with_and_without(W, f, ctx)
+        return loop_with_and_without(lambda X: self(X, f, ctx), W)
+
+
+def bind_rule(name: str, options: Mapping[str, Any] | None = None) -> BoundRule:
+    """The registered rule ``name`` with its options (checked; defaults filled in)."""
+    spec = registry.get("rule", name)
+    return BoundRule(spec, spec.resolve_options(options))
+
+
+def bind_pipeline(rule: str, rule_options: Mapping[str, Any],
+                  preaggs: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> Pipeline:
+    bound = [BoundPreaggregator(s, s.resolve_options(o))
+             for s, o in ((registry.get("preaggregator", n), o) for n, o in preaggs)]
+    return Pipeline(bind_rule(rule, rule_options), bound)
+
+
+@dataclass
+class Server:
+    """Defense → pre-aggregators → rule, with each component's state across iterations."""
+
+    pipeline: Pipeline
+    f: int
+    generator: torch.Generator
+    defense: Any = None  # a BoundDefense or None
+    server_data: ServerData | None = None
+    states: list[dict[str, Any]] = field(default_factory=list)
+    defense_state: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.states = [{} for _ in range(len(self.pipeline.preaggs) + 1)]
+
+    def contexts(self, t: int, previous: Tensor, notes: Notes | None) -> list[ServerContext]:
+        return [ServerContext(t, previous, s, self.generator, self.server_data, notes)
+                for s in self.states]
+
+    def defend(self, W: Tensor, previous: Tensor, t: int, notes: Notes | None = None,
+               crafted: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The rows the defense keeps, and the crafted-row mask among them (or ``None``)."""
+        if self.defense is None:
+            return W, crafted
+        ctx = ServerContext(t, previous, self.defense_state, self.generator, self.server_data,
+                            notes)
+        drop = self.defense(W, self.f, self.pipeline, ctx)
+        keep = torch.ones(W.shape[0], dtype=torch.bool, device=W.device)
+        keep[drop] = False
+        return W[keep], None if crafted is None else crafted[keep]
+
+    def aggregate(self, W: Tensor, previous: Tensor, t: int, notes: Notes | None = None,
+                  crafted: Tensor | None = None) -> Tensor:
+        """The next global model from the models ``W`` the defense kept."""
+        w = self.pipeline(W, self.f, contexts=self.contexts(t, previous, notes))
+        if (crafted is not None and notes is not None and self.pipeline.rule.selects_row
+                and not self.pipeline.preaggs):
+            # Did a selecting rule (Krum) pick one of the crafted models?
+            notes.setdefault("selected_crafted", []).append(
+                float(bool((W[crafted] == w).all(1).any())))
+        return w
+
+    def __call__(self, W: Tensor, previous: Tensor, t: int, notes: Notes | None = None,
+                 crafted: Tensor | None = None) -> Tensor:
+        """Defense, then pre-aggregators and rule: the next global model."""
+        W, crafted = self.defend(W, previous, t, notes, crafted)
+        return self.aggregate(W, previous, t, notes, crafted)
