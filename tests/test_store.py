@@ -335,6 +335,24 @@ def test_store_written_before_the_application_id_is_read_then_adopted(tmp_path: 
     assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
     db.close()
 
+    # A sweep of that version killed with -9: tables and runs only in the WAL file.
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    live = sqlite3.connect(tmp_path / "live.sqlite", isolation_level=None)
+    live.execute("PRAGMA journal_mode=WAL")
+    live.executescript(_SCHEMA)
+    live.execute("PRAGMA user_version=1")
+    live.execute("INSERT INTO runs (key, config, result, created_at) VALUES ('k', '{}', '{}', "
+                 "'2025-01-01')")
+    for suffix in ("", "-wal"):  # the files as the killed process left them
+        (crashed / f"s.sqlite{suffix}").write_bytes(
+            (tmp_path / f"live.sqlite{suffix}").read_bytes())
+    live.close()
+    with ResultStore(crashed / "s.sqlite", create=False) as s:
+        assert s.keys() == {"k"}
+    with ResultStore(crashed / "s.sqlite") as s:
+        assert s.keys() == {"k"}
+
     other = legacy(tmp_path / "other.sqlite", "CREATE TABLE notes (x);")
     before = other.read_bytes(), other.stat().st_mtime_ns
     with pytest.raises(ConfigError, match="not a fedpoison results store"):
