@@ -305,7 +305,7 @@ def _exists(path: Path) -> bool:
 
 
 def _uri(path: Path, **params: str) -> str:
-    """An SQLite ``file:`` URI for ``path`` (never creates the file unless ``mode=rwc``)."""
+    """An SQLite ``file:`` URI for ``path`` (give ``mode``: without it SQLite creates the file)."""
     query = urllib.parse.urlencode(params)
     return f"file:{urllib.parse.quote(str(path.absolute()))}?{query}"
 
@@ -384,7 +384,7 @@ def _recognise(path: Path, header: bytes) -> str:
     ``mode=ro``.
     """
     wal_mode = header[18] == 2 and header[19] == 2
-    params = ({"immutable": "1"} if wal_mode and not Path(f"{path}-wal").exists()
+    params = ({"mode": "ro", "immutable": "1"} if wal_mode and not Path(f"{path}-wal").exists()
               else {"mode": "ro"})
     try:
         db = sqlite3.connect(_uri(path, **params), uri=True, timeout=60)
@@ -502,7 +502,7 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     WAL store in a folder we cannot write (no ``-shm`` file can be made) and without a WAL
     file has every run in its main file, and is read as ``immutable``."""
     error: sqlite3.Error | None = None
-    for params in ({"mode": "ro"}, {"immutable": "1"}):
+    for params in ({"mode": "ro"}, {"mode": "ro", "immutable": "1"}):
         if "immutable" in params and Path(f"{path}-wal").exists():
             break
         try:
