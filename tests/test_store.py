@@ -375,3 +375,35 @@ def test_store_path_that_cannot_be_created_is_one_line(tmp_path: Path, where: st
     assert ("Not a directory" if where == "parent-is-a-file" else "a directory") \
         in e.value.message
     assert "\n" not in e.value.message
+
+
+def test_fuzzed_store_files_are_refused_untouched_or_read(tmp_path: Path) -> None:
+    """Random truncations, header bytes and garbage: opening never raises anything but a
+    one-line ConfigError, and a refused file keeps its bytes and mtime."""
+    good = _store_with_runs(tmp_path / "good" / "s.sqlite", 20).read_bytes()
+    rng = random.Random(15)
+    variants: list[bytes] = []
+    for _ in range(12):
+        variants.append(good[:rng.randrange(0, len(good))])  # truncated anywhere
+    for _ in range(12):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):  # a few header bytes changed
+            data[rng.randrange(0, 100)] = rng.randrange(256)
+        variants.append(bytes(data))
+    for _ in range(6):
+        variants.append(bytes(rng.randrange(256) for _ in range(rng.choice([1, 99, 100, 4096]))))
+    variants.append(b"SQLite format 3\x00" + bytes(rng.randrange(256) for _ in range(5000)))
+    for i, data in enumerate(variants):
+        folder = tmp_path / f"v{i}"
+        folder.mkdir()
+        path = folder / "s.sqlite"
+        path.write_bytes(data)
+        for readonly in (True, False):
+            before = _snapshot(folder)
+            try:
+                with ResultStore(path, create=not readonly) as s:
+                    len(s), list(s.records()), s.sweeps()
+            except ConfigError as e:
+                assert e.field == "store" and "\n" not in e.message, e.message
+                if "not a fedpoison results store" in e.message:
+                    assert _snapshot(folder) == before, (i, e.message)
