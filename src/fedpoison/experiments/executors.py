@@ -74,7 +74,8 @@ def _exit_with_driver(driver: int) -> None:
     the worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``); everywhere, a daemon
     thread waits on the pipe to the parent that multiprocessing keeps open, which reaches
     end-of-file when the parent dies, and ends the process. The runs in flight are lost as
-    with the driver; the store only ever holds finished runs.
+    with the driver; the store only ever holds finished runs. (The kernel signal follows the
+    thread that started the worker: the pool is started by the thread iterating ``run``.)
     """
     import multiprocessing
     import signal
