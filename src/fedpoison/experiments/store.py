@@ -354,6 +354,8 @@ def _screen(path: Path) -> bytes:
             raise _refuse(path, "a directory" if os.path.isdir(path) else "not a regular file")
         with open(path, "rb") as fh:
             header = fh.read(100)
+        wal = Path(f"{path}-wal")
+        pending = wal.is_file() and wal.stat().st_size > 0  # pages may still be in the WAL
     except OSError as e:
         raise ConfigError("store", f"cannot read {path}: {e.strerror or e}") from None
     if st.st_size == 0:
@@ -366,8 +368,6 @@ def _screen(path: Path) -> bytes:
     page = 65536 if page == 1 else page
     pages = int.from_bytes(header[28:32], "big")
     counter_valid = header[24:28] == header[92:96]
-    wal = Path(f"{path}-wal")
-    pending = wal.is_file() and wal.stat().st_size > 0  # pages may still live in the WAL
     if not pending and page and (st.st_size % page or
                                  (counter_valid and st.st_size < pages * page)):
         raise _refuse(path, f"a truncated SQLite file ({st.st_size} bytes; its header says "
