@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -194,14 +193,16 @@ def _ctx() -> DataAttackContext:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A writable data home and a cache folder, both under tmp_path; the poison folder."""
+    (tmp_path / "home").mkdir()
     monkeypatch.setenv("FEDPOISON_DATA", str(tmp_path / "home"))
-    monkeypatch.delenv(poison_cache.ENV_CACHE, raising=False)
-    return tmp_path / "home"
+    monkeypatch.setenv(poison_cache.ENV_CACHE, str(tmp_path / "cache"))
+    return tmp_path / "cache" / "poison"
 
 
 @pytest.mark.parametrize("placement", ["uniform", "single-worker"])
-def test_bga_data_attack_appends_points_to_compromised_workers(home: Path, placement: str
+def test_bga_data_attack_appends_points_to_compromised_workers(cache: Path, placement: str
                                                                ) -> None:
     ctx = _ctx()
     out = _bga(ctx, placement=placement)
@@ -214,12 +215,12 @@ def test_bga_data_attack_appends_points_to_compromised_workers(home: Path, place
     assert float(out.x[100:].min()) >= 0 and float(out.x[100:].max()) <= 1
 
 
-def test_held_out_validation_split_keeps_the_budget(home: Path) -> None:
+def test_held_out_validation_split_keeps_the_budget(cache: Path) -> None:
     out = _bga(_ctx(), val_fraction=0.3)
     assert out.x.shape[0] == 105  # 5% of all 100 examples, though D_tr holds only 70
 
 
-def test_cache_hit_is_identical_and_a_parameter_change_misses(home: Path) -> None:
+def test_cache_hit_is_identical_and_a_parameter_change_misses(cache: Path) -> None:
     calls: list[int] = []
 
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,47 +233,60 @@ def test_cache_hit_is_identical_and_a_parameter_change_misses(home: Path) -> Non
     second = poison_cache.cached("bga", {"T": 5, "seed": 0}, compute, info=info)
     assert info["hit"] is True and len(calls) == 1
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-    assert list((home / "poison").glob("*.tmp")) == []
+    assert list(cache.glob("*.tmp")) == []
     poison_cache.cached("bga", {"T": 6, "seed": 0}, compute)
     assert len(calls) == 2
 
     # Through the attack: same config hits (identical points), another T misses.
     a = _bga(_ctx())
-    n_files = len(list((home / "poison").iterdir()))
+    n_files = len(list(cache.iterdir()))
     b = _bga(_ctx())
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
-    assert len(list((home / "poison").iterdir())) == n_files
+    assert len(list(cache.iterdir())) == n_files
     _bga(_ctx(), inner_steps=6)
-    assert len(list((home / "poison").iterdir())) == n_files + 1
+    assert len(list(cache.iterdir())) == n_files + 1
+
+
+def test_the_cache_is_written_to_the_cache_folder_never_the_data_home(
+    cache: Path, tmp_path: Path
+) -> None:
+    """Issue 15, class 7: the data home is input, even when its permissions allow writing."""
+    info: dict[str, object] = {}
+    _bga(_ctx())
+    poison_cache.cached("bga", {"k": 1}, lambda: (torch.zeros(2, 2), torch.zeros(2)), info=info)
+    assert info["path"] == cache / Path(str(info["path"])).name
+    assert len(list(cache.glob("bga-*.pt"))) == 2
+    assert list((tmp_path / "home").iterdir()) == []
 
 
 @pytest.mark.parametrize("how", ["mode", "file"])
-def test_read_only_home_uses_fedpoison_cache_or_warns(
+def test_unwritable_cache_warns_and_computes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    if how == "mode":  # a home marked r-x (read-only even though root could write it)
-        home = tmp_path / "ro-home"
-        home.mkdir()
-        home.chmod(0o555)
+    if how == "mode":  # a cache marked r-x (read-only even though root could write it)
+        folder = tmp_path / "ro-cache"
+        folder.mkdir()
+        folder.chmod(0o555)
     else:  # a folder cannot be created under a file
-        blocker = tmp_path / "ro-home"
+        blocker = tmp_path / "ro-cache"
         blocker.write_text("")
-        home = blocker / "home"
-    monkeypatch.setenv("FEDPOISON_DATA", str(home))
-    monkeypatch.delenv(poison_cache.ENV_CACHE, raising=False)
+        folder = blocker / "cache"
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("FEDPOISON_DATA", str(tmp_path / "home"))
+    monkeypatch.setenv(poison_cache.ENV_CACHE, str(folder))
+    calls: list[int] = []
 
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(1)
         return torch.zeros(2, 2), torch.zeros(2, dtype=torch.int64)
 
     try:
-        with pytest.warns(RuntimeWarning, match=r"poison cache is off: .*ro-home"):
-            poison_cache.cached("bga", {"k": 1}, compute)
-        assert not (tmp_path / "ro-home" / "poison").exists()
-        monkeypatch.setenv(poison_cache.ENV_CACHE, str(tmp_path / "cache"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            poison_cache.cached("bga", {"k": 1}, compute)
-        assert len(list((tmp_path / "cache" / "poison").glob("bga-*.pt"))) == 1
+        for _ in range(2):
+            with pytest.warns(RuntimeWarning, match=r"poison cache is off: .*ro-cache"):
+                poison_cache.cached("bga", {"k": 1}, compute)
+        assert len(calls) == 2  # computed every time, as the warning says
+        assert not (tmp_path / "ro-cache" / "poison").exists()
+        assert list((tmp_path / "home").iterdir()) == []  # no fallback into the data home
     finally:
         if how == "mode":
-            home.chmod(0o755)
+            folder.chmod(0o755)

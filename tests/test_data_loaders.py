@@ -22,10 +22,12 @@ from fedpoison.data.home import ENV_DATA, data_home, dataset_dir
 from fedpoison.data.idx import IMAGES_MAGIC, parse_idx, read_idx, read_idx_images
 from fedpoison.data.registry import load
 from fedpoison.errors import ConfigError, DataError
+from robust_helpers import make_unreadable
 
 DATASETS = ("mnist", "fashion-mnist", "ch-mnist", "breast-cancer")
 
 MNIST_TRAIN_HIST = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_FILES = (mnist.TRAIN_IMAGES, mnist.TRAIN_LABELS, mnist.TEST_IMAGES, mnist.TEST_LABELS)
 MNIST_TEST_HIST = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
@@ -147,10 +149,89 @@ def test_repeated_loads_are_cached_but_independent(shared_home: Path) -> None:
     assert float(c.x_test.max()) == 1.0 and c.y_test.bincount().tolist() == MNIST_TEST_HIST
 
 
-def test_missing_mnist_without_download_says_where(tmp_path: Path) -> None:
+def _link_mnist(folder: Path, shared_home: Path, names: tuple[str, ...] = MNIST_FILES) -> None:
+    """Symlinks to the shared MNIST files (never chmod these: it would follow the link)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).symlink_to(shared_home.absolute() / "mnist" / name)
+
+
+def test_missing_mnist_names_every_file_and_the_folder_in_one_line(
+    tmp_path: Path, shared_home: Path
+) -> None:
+    """Issue 15, class 8: not only the first missing file, and not over 6-16 lines."""
     with pytest.raises(DataError) as info:
         load("mnist", home=tmp_path, download=False)
-    assert str(tmp_path / "mnist" / mnist.TRAIN_IMAGES) in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert str(tmp_path / "mnist") in message
+    assert all(name in message for name in MNIST_FILES), message
+    assert not (tmp_path / "mnist").exists()
+    # Two of four present: exactly the other two are named.
+    _link_mnist(tmp_path / "mnist", shared_home, (mnist.TRAIN_IMAGES, mnist.TEST_LABELS))
+    with pytest.raises(DataError) as info:
+        load("mnist", home=tmp_path, download=False)
+    message = str(info.value)
+    assert "2 of 4 files" in message and "\n" not in message
+    assert mnist.TRAIN_LABELS in message and mnist.TEST_IMAGES in message
+    assert mnist.TRAIN_IMAGES not in message and mnist.TEST_LABELS not in message
+
+
+def _closed_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+def test_failed_download_names_every_file_and_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15, classes 7 and 8: one line naming all files; no empty dataset folder left."""
+    monkeypatch.delenv("FEDPOISON_MIRROR", raising=False)
+    monkeypatch.setattr(mnist, "MNIST_MIRRORS", (_closed_port(),))
+    home = tmp_path / "new-home"
+    with pytest.raises(DataError) as info:
+        load("mnist", home=home, progress=False)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert str(home / "mnist") in message and "download failed" in message
+    assert all(name in message for name in MNIST_FILES), message
+    assert not home.exists()  # neither the dataset folder nor the home it created
+
+
+def test_data_home_one_level_too_deep_names_the_parent(
+    tmp_path: Path, shared_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15, class 7: FEDPOISON_DATA=/x/mnist holding the .gz files would download a
+    nested copy into /x/mnist/mnist; it is refused and the parent named."""
+    monkeypatch.setattr(mnist, "MNIST_MIRRORS", (_closed_port(),))
+    too_deep = tmp_path / "x" / "mnist"
+    _link_mnist(too_deep, shared_home)
+    monkeypatch.setenv(ENV_DATA, str(too_deep))
+    with pytest.raises(DataError) as info:
+        load("mnist", download=True, progress=False)
+    message = str(info.value)
+    assert f"{ENV_DATA}={tmp_path / 'x'}" in message and "\n" not in message, message
+    assert sorted(p.name for p in too_deep.iterdir()) == sorted(MNIST_FILES)  # no mnist/ added
+    monkeypatch.setenv(ENV_DATA, str(tmp_path / "x"))
+    assert load("mnist", download=False).x_test.shape == (10000, 1, 28, 28)
+
+
+def test_unreadable_data_file_is_a_one_line_data_error(
+    tmp_path: Path, shared_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15, class 3: permission denied on a data file (was a PermissionError traceback)."""
+    folder = tmp_path / "mnist"
+    _link_mnist(folder, shared_home, MNIST_FILES[:3])
+    (folder / mnist.TEST_LABELS).write_bytes(
+        (shared_home / "mnist" / mnist.TEST_LABELS).read_bytes())
+    make_unreadable(folder / mnist.TEST_LABELS, monkeypatch)
+    with pytest.raises(DataError) as info:
+        load("mnist", home=tmp_path, download=False)
+    message = str(info.value)
+    assert message.startswith(f"cannot read {folder / mnist.TEST_LABELS}: Permission denied")
 
 
 def test_corrupt_mnist_file_is_refused(tmp_path: Path, shared_home: Path) -> None:

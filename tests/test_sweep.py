@@ -13,6 +13,7 @@ import torch
 
 from fedpoison.cli import main
 from fedpoison.data import Dataset, load
+from fedpoison.data.custom import register_dataset
 from fedpoison.errors import ConfigError
 from fedpoison.experiments.executors import LocalExecutor, ProcessExecutor, make_executor
 from fedpoison.experiments.presets import preset_names
@@ -20,7 +21,6 @@ from fedpoison.experiments.spec import load_spec, parse_spec
 from fedpoison.experiments.store import ResultStore
 from fedpoison.experiments.sweep import plan_jobs, run_sweep
 from fedpoison.experiments.worker import execute, synthetic_result
-from fedpoison.registry import register_dataset
 
 TINY = {"dataset": "toy", "workers": 6, "compromised": 1, "iterations": 3, "eval_every": 3,
         "batch_size": 8}

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from fedpoison.config import RunConfig
+    from fedpoison.data.custom import register_dataset
     from fedpoison.errors import (
         ConfigError,
         DataError,
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
         Diagnostic,
         Option,
         register_attack,
-        register_dataset,
         register_defense,
         register_model,
         register_preaggregator,
@@ -44,7 +44,7 @@ _LAZY = {
     "register_preaggregator": "fedpoison.registry",
     "register_attack": "fedpoison.registry",
     "register_defense": "fedpoison.registry",
-    "register_dataset": "fedpoison.registry",
+    "register_dataset": "fedpoison.data.custom",
     "register_model": "fedpoison.registry",
     "FedpoisonError": "fedpoison.errors",
     "ConfigError": "fedpoison.errors",

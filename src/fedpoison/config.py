@@ -18,25 +18,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedpoison.errors import ConfigError
-
-DEVICES = ("auto", "cpu", "cuda")
-
-#: Config fields that hold a component's options, by component kind.
-OPTION_FIELDS: dict[str, str] = {
-    "rule": "rule_options",
-    "attack": "attack_options",
-    "defense": "defense_options",
-}
-
-#: Largest number of simulated workers: a worker costs a few bytes of bookkeeping, but the
-#: partition and the per-iteration matrices are indexed with int64 and held in memory.
-MAX_WORKERS = 10_000_000
+from fedpoison.resolve import OPTION_FIELDS, normalize, resolve_config
 
 
 def _help(text: str) -> dict[str, str]:
@@ -124,8 +111,6 @@ class RunConfig:
         """
         if getattr(self, "_resolved", False):
             return self
-        from fedpoison.resolve import resolve_config
-
         out = resolve_config(self)
         object.__setattr__(out, "_resolved", True)
         return out
@@ -142,9 +127,7 @@ class RunConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
         """A config from a mapping: field names, dotted option keys (``rule_options.beta``),
         and the option aliases components declare (``beta``). Unknown keys raise."""
-        from fedpoison.resolve import normalize
-
-        return cls(**normalize(d))
+        return cls(**normalize(d, cls))
 
     def config_hash(self) -> str:
         """SHA-256 (hex, 16 chars) of the resolved config, the code and the data: a run's key.
@@ -210,34 +193,3 @@ def config_fields() -> tuple[str, ...]:
 
 def field_help(name: str) -> str:
     return next(f.metadata.get("help", "") for f in fields(RunConfig) if f.name == name)
-
-
-def check_int(name: str, value: Any, lo: int, hi: int | None, why: str = "") -> int:
-    """``value`` as an int in ``[lo, hi]``, else ``ConfigError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer ≥ {lo}"
-        extra = f" ({why})" if why else ""
-        raise ConfigError(name, f"must be {rng}{extra}, got {value}")
-    return value
-
-
-def check_float(name: str, value: Any, lo: float, hi: float | None, *,
-                low_open: bool = False) -> float:
-    """``value`` as a finite float in the range, else ``ConfigError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, got {value!r}")
-    bad = value <= lo if low_open else value < lo
-    if bad or (hi is not None and value > hi):
-        left = "(" if low_open else "["
-        rng = (f"a number in {left}{lo:g}, {hi:g}]" if hi is not None
-               else f"a number {'>' if low_open else '≥'} {lo:g}")
-        raise ConfigError(name, f"must be {rng}, got {value}")
-    return float(value)
-
-
-def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(name, f"got {value!r}; allowed: {', '.join(allowed)}")
-    return value

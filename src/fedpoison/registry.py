@@ -82,7 +82,11 @@ class Option:
         if self.choices is not None:
             object.__setattr__(self, "choices", tuple(self.choices))
         if self.default is not None:
-            self.check(self.default, "option default")
+            try:
+                self.check(self.default, "option default")
+            except ConfigError as e:
+                raise RegistryError(f"option {self.name!r}: its default {self.default!r} is "
+                                    f"not {self.allowed()}") from e
 
     # -------------------------------------------------------------------- describe
     def allowed(self) -> str:
@@ -155,9 +159,8 @@ class Option:
 
 
 def _num(x: Any) -> str:
-    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
-        return str(x) if "e" in str(x) else f"{x:g}" if abs(x) >= 1e-4 else str(x)
-    return str(x)
+    """A number as a person writes it: 0, 2, 0.01, 1e-05."""
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def _to_int(value: Any) -> int | None:
@@ -602,28 +605,10 @@ register_preaggregator = _registrar("preaggregator")
 register_attack = _registrar("attack")
 register_defense = _registrar("defense")
 register_model = _registrar("model")
-_register_dataset = _registrar("dataset")
-
-
-def register_dataset(name: str, loader: Any = None, *, train: Any = None, test: Any = None,
-                     replace: bool = False, **fields: Any) -> Any:
-    """Register a dataset: a loader ``loader(seed, home, download, progress) -> Dataset``
-    with its static ``num_classes`` and ``input_shape`` (decorator or call), or data held in
-    memory: ``train=(x, y), test=(x, y)`` tensors or ``torch.utils.data.Dataset`` objects
-    (``num_classes`` inferred from the labels unless given). In-memory data is hashed; the
-    hash is part of every run's key."""
-    if train is not None or test is not None:
-        if loader is not None or train is None or test is None:
-            raise RegistryError(f"register_dataset {name}: give either a loader or both "
-                                "train= and test=")
-        from fedpoison.data.custom import tensor_dataset_fields
-
-        made = tensor_dataset_fields(name, train, test, fields.pop("num_classes", None))
-        loader = made.pop("loader")
-        fields = {"reference": "user data", "summary": f"{made['num_classes']} classes, "
-                  f"inputs {list(made['input_shape'])}", **fields, **made}
-        return _register("dataset", name, loader, fields, replace)
-    return _register_dataset(name, loader, replace=replace, **fields)
+register_dataset = _registrar("dataset")
+"""Register a dataset loader ``loader(seed, home, download, progress) -> Dataset`` with its
+static ``num_classes`` and ``input_shape``. ``fedpoison.register_dataset`` also takes data
+held in memory (``train=``, ``test=``; :mod:`fedpoison.data.custom`)."""
 
 
 def get(kind: str, name: str) -> Any:

@@ -13,18 +13,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedpoison import registry
-from fedpoison.config import (
-    DEVICES,
-    MAX_WORKERS,
-    OPTION_FIELDS,
-    RunConfig,
-    check_choice,
-    check_float,
-    check_int,
-    config_fields,
-)
 from fedpoison.errors import ConfigError
 from fedpoison.registry import GOALS, KNOWLEDGE
+
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Config fields that hold a component's options, by component kind.
+OPTION_FIELDS: dict[str, str] = {
+    "rule": "rule_options",
+    "attack": "attack_options",
+    "defense": "defense_options",
+}
+
+#: Largest number of simulated workers: a worker costs a few bytes of bookkeeping, but the
+#: partition and the per-iteration matrices are indexed with int64 and held in memory.
+MAX_WORKERS = 10_000_000
 
 DEFAULT_LR = 0.1
 DEFAULT_BATCH = 32
@@ -32,7 +35,7 @@ DEFAULT_ITERATIONS = 2000  # neural networks (Section 4.1); a model spec may say
 
 
 # ============================================================================ normalize
-def normalize(d: Mapping[str, Any]) -> dict[str, Any]:
+def normalize(d: Mapping[str, Any], config_type: Any) -> dict[str, Any]:
     """Config fields from a mapping with dotted option keys and option aliases.
 
     ``{"rule": "trimmed-mean", "beta": 20}`` and ``{"rule_options.beta": 20}`` both give
@@ -41,7 +44,8 @@ def normalize(d: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(d, Mapping):
         raise ConfigError("config", f"must be a mapping, got {type(d).__name__}")
-    known = set(config_fields())
+    defaults = {f.name: f.default for f in dataclasses.fields(config_type)}
+    known = set(defaults)
     out: dict[str, Any] = {}
     dotted: list[tuple[str, str, Any]] = []
     aliases: list[tuple[str, Any]] = []
@@ -62,7 +66,7 @@ def normalize(d: Mapping[str, Any]) -> dict[str, Any]:
         current[opt] = value
         out[head] = current
     for key, value in aliases:
-        kind, option = _alias_target(key, out)
+        kind, option = _alias_target(key, out, defaults)
         head = OPTION_FIELDS[kind]
         current = dict(out.get(head) or {})
         if option in current and current[option] != value:
@@ -73,9 +77,9 @@ def normalize(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _alias_target(key: str, fields_: Mapping[str, Any]) -> tuple[str, str]:
+def _alias_target(key: str, fields_: Mapping[str, Any], defaults: Mapping[str, Any]
+                  ) -> tuple[str, str]:
     """Which option of which selected component the alias ``key`` sets."""
-    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     declared: list[str] = []
     for kind in OPTION_FIELDS:
         table = registry.REGISTRY.aliases_of_options(kind)
@@ -92,12 +96,12 @@ def _alias_target(key: str, fields_: Mapping[str, Any]) -> tuple[str, str]:
     if declared:
         raise ConfigError(key, f"is an option of {' and '.join(declared)}, not of the "
                                "selected components")
-    known = ", ".join(sorted(config_fields()))
+    known = ", ".join(sorted(defaults))
     raise ConfigError(key, f"unknown config field; known: {known}")
 
 
 # ============================================================================== resolve
-def resolve_config(cfg: RunConfig) -> RunConfig:
+def resolve_config(cfg: Any) -> Any:
     """Fill in every default and validate (see :meth:`RunConfig.resolve`)."""
     _check_scalars(cfg)
     ds = registry.get("dataset", cfg.dataset)
@@ -146,7 +150,7 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     )
 
 
-def _check_scalars(cfg: RunConfig) -> None:
+def _check_scalars(cfg: Any) -> None:
     for name in ("dataset", "model", "rule", "attack", "defense"):
         value = getattr(cfg, name)
         if not isinstance(value, str):
@@ -187,7 +191,7 @@ def _check_rule(rule: registry.RuleSpec, options: Mapping[str, Any], m: int, f: 
         raise ConfigError("rule", f"{e}{after}") from None
 
 
-def _resolve_attack(cfg: RunConfig, server_rule: str, k: int, f: int
+def _resolve_attack(cfg: Any, server_rule: str, k: int, f: int
                     ) -> tuple[str, dict[str, Any], str | None, str | None]:
     """(name, options, knowledge, goal) of the attack; 'none' has no options."""
     if cfg.attack == "none":
@@ -229,7 +233,7 @@ def _resolve_attack(cfg: RunConfig, server_rule: str, k: int, f: int
     return name, options, knowledge, goal
 
 
-def _resolve_defense(cfg: RunConfig, rule: str, rule_options: Mapping[str, Any],
+def _resolve_defense(cfg: Any, rule: str, rule_options: Mapping[str, Any],
                      preaggs: tuple[tuple[str, dict[str, Any]], ...], k: int, f: int
                      ) -> tuple[str, dict[str, Any]]:
     if cfg.defense == "none":
@@ -246,3 +250,34 @@ def _resolve_defense(cfg: RunConfig, rule: str, rule_options: Mapping[str, Any],
         except ValueError as e:
             raise ConfigError("defense", str(e)) from None
     return spec.name, options
+
+
+def check_int(name: str, value: Any, lo: int, hi: int | None, why: str = "") -> int:
+    """``value`` as an int in ``[lo, hi]``, else ``ConfigError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer ≥ {lo}"
+        extra = f" ({why})" if why else ""
+        raise ConfigError(name, f"must be {rng}{extra}, got {value}")
+    return value
+
+
+def check_float(name: str, value: Any, lo: float, hi: float | None, *,
+                low_open: bool = False) -> float:
+    """``value`` as a finite float in the range, else ``ConfigError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    bad = value <= lo if low_open else value < lo
+    if bad or (hi is not None and value > hi):
+        left = "(" if low_open else "["
+        rng = (f"a number in {left}{lo:g}, {hi:g}]" if hi is not None
+               else f"a number {'>' if low_open else '≥'} {lo:g}")
+        raise ConfigError(name, f"must be {rng}, got {value}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(name, f"got {value!r}; allowed: {', '.join(allowed)}")
+    return value

@@ -176,16 +176,15 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
     assert cfg.iterations is not None and cfg.f is not None and cfg.batch_size is not None
     assert cfg.lr is not None
     device = _resolve_device(cfg.device)
-    if device.type == "cpu" and cfg.model != "lr":
-        # Large per-iteration activations: keep freed memory for reuse (models/batched.py).
-        from fedpoison.models.batched import tune_cpu_allocator
-
-        tune_cpu_allocator()
-
     ds = dataset if dataset is not None else load(cfg.dataset, seed=cfg.seed)
     if cfg.train_subset is not None:
         ds = training_subset(ds, cfg.train_subset, generator(cfg.seed, "subset"))
     model = build_model(cfg.model, ds)
+    if device.type == "cpu" and getattr(model, "large_activations", False):
+        # Large per-iteration activations: keep freed memory for reuse (models/batched.py).
+        from fedpoison.models.batched import tune_cpu_allocator
+
+        tune_cpu_allocator()
     m, c = cfg.workers, cfg.compromised
     partition = noniid_partition(
         ds.y_train, m, cfg.noniid, ds.num_classes, generator(cfg.seed, "split")

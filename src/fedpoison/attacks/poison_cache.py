@@ -1,13 +1,13 @@
 """On-disk cache of generated poisoned points (back-gradient poisoning takes minutes).
 
-A poisoned set is stored as ``<dir>/poison/<name>-<key>.pt``, ``key`` a SHA-256 of every
+A poisoned set is stored as ``<cache>/poison/<name>-<key>.pt``, ``key`` a SHA-256 of every
 parameter that changes the points (the caller lists them; the package version is always
-added). ``<dir>`` is the data home (:func:`fedpoison.data.data_home`); when the data home
-cannot be written (CI points it at a read-only copy) the folder named by
-``$FEDPOISON_CACHE`` is used instead, and without it the cache is off: a warning names the
-folder and the points are computed every time. Writes are atomic (temporary file in the
-same folder, then ``os.replace``), so an interrupted or concurrent run never leaves a
-half-written entry behind.
+added). ``<cache>`` is :func:`fedpoison.data.home.cache_home` (``$FEDPOISON_CACHE``, else
+``<user cache>/fedpoison-cache``), never the data home: the data home is input and may be a
+shared copy, so nothing derived is written there. When the cache folder cannot be written the
+cache is off: a warning names the folder and the points are computed every time. Writes are
+atomic (temporary file in the same folder, then ``os.replace``), so an interrupted or
+concurrent run never leaves a half-written entry behind.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ import torch
 from torch import Tensor
 
 from fedpoison import __version__
-from fedpoison.data.home import data_home
+from fedpoison.data.home import ENV_CACHE, cache_home
 
-ENV_CACHE = "FEDPOISON_CACHE"
-"""Environment variable: a writable cache folder used when the data home is read-only."""
+__all__ = ["ENV_CACHE", "cache_dir", "cache_key", "cached", "tensor_digest"]
 
 SUBDIR = "poison"
 
@@ -51,13 +50,9 @@ def tensor_digest(*tensors: Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def candidate_dirs() -> list[Path]:
-    """Folders searched, in order: the data home's, then ``$FEDPOISON_CACHE``'s."""
-    dirs = [data_home() / SUBDIR]
-    extra = os.environ.get(ENV_CACHE, "")
-    if extra:
-        dirs.append(Path(extra).expanduser().absolute() / SUBDIR)
-    return dirs
+def cache_dir() -> Path:
+    """The folder of the poison cache: ``<cache_home()>/poison``."""
+    return cache_home() / SUBDIR
 
 
 def _writable(folder: Path) -> bool:
@@ -117,28 +112,25 @@ def cached(
     when the cache is off).
     """
     key = cache_key({"name": name, **params})
-    filename = f"{name}-{key}.pt"
-    dirs = candidate_dirs()
-    for folder in dirs:
-        path = folder / filename
-        if path.is_file():
-            hit = _read(path, key)
-            if hit is not None:
-                if info is not None:
-                    info.update(hit=True, path=path)
-                return hit
-    target = next((folder for folder in dirs if _writable(folder)), None)
-    if target is None:
+    folder = cache_dir()
+    path = folder / f"{name}-{key}.pt"
+    if path.is_file():
+        hit = _read(path, key)
+        if hit is not None:
+            if info is not None:
+                info.update(hit=True, path=path)
+            return hit
+    writable = _writable(folder)
+    if not writable:
         warnings.warn(
-            f"poison cache is off: {dirs[0]} is not writable and ${ENV_CACHE} is "
-            f"{'not writable' if len(dirs) > 1 else 'not set'}; computing the {name} poison "
-            f"now (set {ENV_CACHE} to a writable folder to keep it)",
+            f"poison cache is off: {folder} is not writable; computing the {name} poison now "
+            f"(set {ENV_CACHE} to a writable folder to keep it)",
             RuntimeWarning,
             stacklevel=2,
         )
     x, y = compute()
-    if target is not None:
-        _write(target / filename, key, params, x, y)
+    if writable:
+        _write(path, key, params, x, y)
     if info is not None:
-        info.update(hit=False, path=None if target is None else target / filename)
+        info.update(hit=False, path=path if writable else None)
     return x, y

@@ -10,6 +10,7 @@ Invalid values print one line that names the option and its allowed range and ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +26,9 @@ COMMANDS = {
     "demo": "the main job on an embedded default dataset",
 }
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
+
+
 
 def _global_options(parser: argparse.ArgumentParser) -> None:
     from fedpoison import __version__
@@ -32,9 +36,9 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"fedpoison {__version__}")
     parser.add_argument(
         "--threads", type=number(int, "--threads"), default=None, metavar="N",
-        help="torch CPU threads (default: torch's choice). On a busy machine 1 thread can be "
-        "several times faster for LR runs; docs/choices.md says which results are identical "
-        "across thread counts",
+        help=f"torch CPU threads, 1..{max_threads()} (4 per usable core; default: torch's "
+        "choice). LR results do not depend on it (CNN weights may differ in the last bits: "
+        "docs/choices.md); on a busy machine 1 thread can be several times faster for LR runs",
     )
 
 
@@ -61,7 +65,25 @@ def _commands_text() -> str:
     return "\n".join(lines)
 
 
+def max_threads() -> int:
+    """The largest ``--threads`` accepted: 4 per core this process may run on.
+
+    More threads than that only oversubscribe the cores, and a count in the thousands makes
+    the OpenMP runtime abort (or the process crash) while it creates them.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return 4 * max(1, cores)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; every expected failure is one line on stderr, never a traceback.
+
+    Exit status: 0 success, 1 a run or data error, 2 a usage or config error, 130 interrupted,
+    141 stdout closed early (``fedpoison report ... --json | head``).
+    """
     from fedpoison.errors import ConfigError, DataError, ProvenanceError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -76,15 +98,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            print("fedpoison: error: --threads: must be >= 1", file=sys.stderr)
-            return EXIT_USAGE
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
-        return int(args.func(args))
+        if args.threads is not None:
+            limit = max_threads()
+            if not 1 <= args.threads <= limit:
+                print(f"fedpoison: error: --threads: must be in 1..{limit} (4 per usable core), "
+                      f"got {args.threads}", file=sys.stderr)
+                return EXIT_USAGE
+            import torch
+
+            torch.set_num_threads(args.threads)
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except ConfigError as e:
         flag = e.field.replace("_", "-")
         print(f"fedpoison: error: --{flag}: {e.message}", file=sys.stderr)
@@ -95,9 +121,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProvenanceError as e:
         print(f"fedpoison: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (``| head``): not an error of ours. Point stdout at /dev/null
+        # so the interpreter's final flush does not complain, and exit like ``yes | head``.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("fedpoison: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout has no file descriptor (tests): nothing to flush
+        pass
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``python -m fedpoison.cli``: the ``fedpoison`` command."""
+"""``python -m fedpoison.cli``: the ``fedpoison`` command without the installed script."""
 
 import sys
 

@@ -30,8 +30,8 @@ import torch
 
 from fedpoison.data.base import Dataset
 from fedpoison.data.breast_cancer import random_split_indices
-from fedpoison.data.download import DecodeCache, ensure_writable, fetch
-from fedpoison.data.home import ENV_DATA, dataset_dir
+from fedpoison.data.download import DecodeCache, DownloadError, ensure_writable, exists, fetch
+from fedpoison.data.home import ENV_DATA, check_not_nested, dataset_dir
 from fedpoison.errors import DataError
 from fedpoison.registry import register_dataset
 
@@ -91,7 +91,7 @@ def read_csv(path: Path, *, expected_rows: int | None = NUM_ROWS) -> tuple[np.nd
             f"{path}: every row must hold {NUM_PIXELS + 1} integers ({e}); {advice}"
         ) from e
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from e
+        raise DataError(f"cannot read {path}: {e.strerror or e}; check its permissions") from e
     n = table.shape[0]
     if n == 0 or (expected_rows is not None and n != expected_rows):
         want = expected_rows if expected_rows is not None else "at least 1"
@@ -233,15 +233,10 @@ def build_csv_from_zip(
 def _how_to_obtain(csv_path: Path) -> str:
     zip_path = csv_path.parent / ZIP_NAME
     return (
-        "Get CH-MNIST one of two ways:\n"
-        f"  1. From Kaggle (needs a login): dataset {KAGGLE_DATASET}, file {CSV_NAME}; put it at\n"
-        f"       {csv_path}\n"
-        f"  2. From Zenodo record 53169: download {ZIP_URLS[0]}\n"
-        f"     and put it at\n       {zip_path}\n"
-        f"     fedpoison then builds the CSV from it on the next load (expected md5 {ZIP_MD5},\n"
-        "     a value taken from public code and not verified; if your genuine zip differs,\n"
-        "     build the CSV yourself with fedpoison.data.ch_mnist.build_csv_from_zip(zip, csv)).\n"
-        f"Or set {ENV_DATA} to a data folder that holds ch-mnist/{CSV_NAME}."
+        f"put {CSV_NAME} (Kaggle dataset {KAGGLE_DATASET}, needs a login) at {csv_path}, or the "
+        f"Zenodo tile zip ({ZIP_URLS[0]}, md5 {ZIP_MD5}, a value from public code) at "
+        f"{zip_path} to have the CSV built from it, or set {ENV_DATA} to a data folder that "
+        f"holds ch-mnist/{CSV_NAME}"
     )
 
 
@@ -252,21 +247,25 @@ def load_ch_mnist(
     split.
 
     If the CSV is absent it is built from the Zenodo tile zip, which is downloaded first when
-    it is absent too and ``download`` is true. When neither works, the :class:`DataError` says
-    how to obtain the data and exactly where to put it.
+    it is absent too and ``download`` is true. When neither works, the one-line
+    :class:`DataError` says how to obtain the data and exactly where to put it.
     """
     folder = dataset_dir(FOLDER, home)
     csv_path = folder / CSV_NAME
-    if not csv_path.exists():
+    if not exists(csv_path):
+        check_not_nested("ch-mnist", folder, (CSV_NAME, ZIP_NAME))
+        if not download and not exists(folder / ZIP_NAME):
+            raise DataError(f"CH-MNIST is missing in {folder} ({CSV_NAME} and {ZIP_NAME} are "
+                            f"absent) and downloading is disabled: {_how_to_obtain(csv_path)}")
         try:
             zip_path = fetch(
                 ZIP_NAME, folder, ZIP_URLS, None, md5=ZIP_MD5, progress=progress, download=download
             )
-        except DataError as e:
+        except DownloadError as e:
             raise DataError(
-                f"CH-MNIST is missing: {csv_path} does not exist and the tile zip to build it "
-                f"from is not available:\n{e}\n\n{_how_to_obtain(csv_path)}"
-            ) from e
+                f"CH-MNIST is missing in {folder} ({CSV_NAME} and {ZIP_NAME} are absent) and "
+                f"downloading the zip failed ({e.reasons}): {_how_to_obtain(csv_path)}"
+            ) from None
         build_csv_from_zip(zip_path, csv_path, expected_per_class=PER_CLASS)
     return from_csv(csv_path, seed, expected_rows=NUM_ROWS)
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fedpoison import registry
 from fedpoison.data.base import Dataset
 from fedpoison.errors import RegistryError
 
@@ -86,3 +87,23 @@ def tensor_dataset_fields(name: str, train: Any, test: Any,
 
     return {"loader": load, "num_classes": L, "input_shape": tuple(x_tr.shape[1:]),
             "fingerprint": digest(x_tr, y_tr, x_te, y_te)}
+
+
+def register_dataset(name: str, loader: Any = None, *, train: Any = None, test: Any = None,
+                     replace: bool = False, **fields: Any) -> Any:
+    """Register a dataset: a loader ``loader(seed, home, download, progress) -> Dataset``
+    with its static ``num_classes`` and ``input_shape`` (decorator or call), or data held in
+    memory: ``train=(x, y), test=(x, y)`` tensors or ``torch.utils.data.Dataset`` objects
+    (``num_classes`` inferred from the labels unless given). In-memory data is hashed; the
+    hash is part of every run's key."""
+    if train is None and test is None:
+        return registry.register_dataset(name, loader, replace=replace, **fields)
+    if loader is not None or train is None or test is None:
+        raise RegistryError(f"register_dataset {name}: give either a loader or both train= "
+                            "and test=")
+    made = tensor_dataset_fields(name, train, test, fields.pop("num_classes", None))
+    load = made.pop("loader")
+    summary = f"{made['num_classes']} classes, inputs {list(made['input_shape'])}"
+    return registry.register_dataset(name, load, replace=replace,
+                                     **{"reference": "user data", "summary": summary,
+                                        **fields, **made})

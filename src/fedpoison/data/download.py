@@ -3,8 +3,9 @@
 A dataset file is either present with the right checksum, or absent: a download streams to a
 temporary file in the destination folder, is verified, and only then renamed onto its final
 name (``os.replace`` is atomic within one file system). Every failure removes the temporary
-file, so an interrupted or corrupt download never looks like a finished one, and two processes
-fetching the same file at once cannot see each other's partial bytes.
+file and the folders the download created, so an interrupted or corrupt download never looks
+like a finished one, and two processes fetching the same file at once cannot see each other's
+partial bytes. Every error is one line that names the file, the folder and what to do.
 """
 
 from __future__ import annotations
@@ -42,6 +43,27 @@ _USER_AGENT = "fedpoison (python urllib)"
 
 class _MirrorFailed(Exception):
     """One URL failed; the next mirror may still work."""
+
+
+class DownloadError(DataError):
+    """Every mirror of a missing file failed; ``reasons`` says how, one entry per URL."""
+
+    def __init__(self, message: str, reasons: str) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+def exists(path: Path) -> bool:
+    """Whether ``path`` exists; a location we may not look into is a :class:`DataError`
+    (``Path.exists`` raises ``PermissionError`` there)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise DataError(f"cannot access {path}: {e.strerror or e}; check the permissions of "
+                        "its folders") from None
+    return True
 
 
 def file_digests(path: Path, algorithms: Iterable[str]) -> dict[str, str]:
@@ -87,10 +109,9 @@ def mirror_urls(filename: str, dest_dir: Path, urls: Sequence[str]) -> list[str]
 def _how_to_install(dest: Path, expected: dict[str, str]) -> str:
     sums = ", ".join(f"{name} {value}" for name, value in expected.items())
     return (
-        f"To install it by hand, put the file at\n  {dest}\n(expected {sums}). "
-        f"To use another data folder, set {ENV_DATA} to a folder that holds "
-        f"{dest.parent.name}/{dest.name}; to try another mirror first, set {ENV_MIRROR} to a "
-        f"base URL that serves <base>/{dest.parent.name}/{dest.name}."
+        f"Put the file at {dest} by hand ({sums}), set {ENV_DATA} to a folder that holds "
+        f"{dest.parent.name}/{dest.name}, or set {ENV_MIRROR} to a base URL that serves "
+        f"<base>/{dest.parent.name}/{dest.name}."
     )
 
 
@@ -140,8 +161,8 @@ def _download_one(
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     except OSError as e:
         raise DataError(
-            f"cannot write to {dest.parent} ({e}). Set {ENV_DATA} to a writable folder, or "
-            f"put {dest.name} there by hand."
+            f"cannot write to {dest.parent} ({e.strerror or e}). Set {ENV_DATA} to a writable "
+            f"folder, or put {dest.name} there by hand."
         ) from e
     tmp = Path(tmp_name)
     done = False
@@ -210,10 +231,15 @@ def fetch(
     expected = _expected_digests(sha256, md5)
     dest_dir = Path(dest_dir)
     dest = dest_dir / filename
-    if dest.exists():
+    if exists(dest):
         if not dest.is_file():
             raise DataError(f"{dest} exists but is not a regular file: remove it and run again.")
-        problem = _mismatch(expected, file_digests(dest, expected))
+        try:
+            digests = file_digests(dest, expected)
+        except OSError as e:
+            raise DataError(f"cannot read {dest}: {e.strerror or e}; check its permissions "
+                            "(and its folder's)") from None
+        problem = _mismatch(expected, digests)
         if problem:
             raise DataError(
                 f"{dest} exists but its {problem}. The file is corrupt or a different "
@@ -224,32 +250,51 @@ def fetch(
 
     candidates = mirror_urls(filename, dest_dir, urls)
     if not download:
-        sources = "".join(f"\n  {u}" for u in candidates)
         raise DataError(
-            f"{filename} is missing and downloading is disabled (download=False). It can be "
-            f"downloaded from:{sources}\n{_how_to_install(dest, expected)}"
+            f"{filename} is missing in {dest_dir} and downloading is disabled (download=False); "
+            f"it can be downloaded from {' or '.join(candidates)}. "
+            f"{_how_to_install(dest, expected)}"
         )
     ensure_writable(dest_dir, filename)
+    created = [d for d in (dest_dir, *dest_dir.parents) if not exists(d)]
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        _remove_empty(created)
         raise DataError(
-            f"cannot create {dest_dir} ({e}). Set {ENV_DATA} to a writable folder, or create "
-            f"it and put {filename} there by hand."
-        ) from e
+            f"cannot create {dest_dir} ({e.strerror or e}). Set {ENV_DATA} to a writable folder, "
+            f"or create it and put {filename} there by hand."
+        ) from None
 
     failures: list[str] = []
-    for url in candidates:
-        try:
-            _download_one(url, dest, expected, progress=progress, timeout=timeout)
-        except _MirrorFailed as e:
-            failures.append(f"\n  {url}: {e}")
-        else:
-            return dest
-    tried = "".join(failures) if failures else " none (no download URL is known)"
-    raise DataError(
-        f"could not download {filename}; URLs tried:{tried}\n{_how_to_install(dest, expected)}"
+    done = False
+    try:
+        for url in candidates:
+            try:
+                _download_one(url, dest, expected, progress=progress, timeout=timeout)
+            except _MirrorFailed as e:
+                failures.append(f"{url}: {e}")
+            else:
+                done = True
+                return dest
+    finally:
+        if not done:
+            _remove_empty(created)
+    reasons = "; ".join(failures) if failures else "no download URL is known"
+    raise DownloadError(
+        f"could not download {filename} into {dest_dir} ({reasons}). "
+        f"{_how_to_install(dest, expected)}",
+        reasons,
     )
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders a failed download created (deepest first), if still empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (another process put something there) or already gone
 
 
 class DecodeCache:

@@ -15,7 +15,10 @@ home is a per-user cache folder, so downloads are made once per user.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
+
+from fedpoison.errors import DataError
 
 ENV_DATA = "FEDPOISON_DATA"
 """Environment variable that overrides the data home."""
@@ -69,3 +72,26 @@ def dataset_dir(folder: str, home: Path | None = None) -> Path:
     """Return the dataset folder ``folder`` under ``home`` (default :func:`data_home`)."""
     base = data_home() if home is None else _absolute(Path(home))
     return base / folder
+
+
+def check_not_nested(name: str, folder: Path, missing: Iterable[str]) -> None:
+    """Refuse a data home given one level too deep, before anything is downloaded.
+
+    ``folder`` is dataset ``name``'s folder under the home and ``missing`` the files absent
+    from it. When the home itself holds them (``FEDPOISON_DATA=/x/mnist`` with the ``.gz``
+    files in ``/x/mnist``), downloading would put a second copy in ``/x/mnist/mnist``: the
+    error names the folder to use instead.
+    """
+    home = folder.parent
+    found = [f for f in missing if (home / f).is_file()]
+    if not found:
+        return
+    files = ", ".join(found)
+    if home.name == folder.name:
+        fix = f"set {ENV_DATA}={home.parent} (the folder that holds {folder.name}/)"
+    else:
+        fix = f"move them into {folder}"
+    raise DataError(
+        f"the data home {home} holds {files} itself, but a data home holds one folder per "
+        f"dataset ({folder.name}/...): {fix}"
+    )

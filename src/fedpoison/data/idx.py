@@ -47,7 +47,7 @@ def _read_bytes(path: Path) -> bytes:
     except (gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: not a valid gzip file ({e}); {_ADVICE}") from e
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e}") from e
+        raise DataError(f"cannot read {path}: {e.strerror or e}; check its permissions") from e
 
 
 def parse_idx(raw: bytes, source: str, *, expected_magic: int | None = None) -> np.ndarray:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from fedpoison.data.base import Dataset
-from fedpoison.data.download import DecodeCache, fetch
-from fedpoison.data.home import dataset_dir
+from fedpoison.data.download import ENV_MIRROR, DecodeCache, DownloadError, exists, fetch
+from fedpoison.data.home import ENV_DATA, check_not_nested, dataset_dir
 from fedpoison.data.idx import read_idx_images, read_idx_labels
 from fedpoison.errors import DataError
 from fedpoison.registry import register_dataset
@@ -48,6 +48,7 @@ FASHION_MNIST_SHA256 = {
     TEST_LABELS: "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
 }
 
+FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 NUM_CLASSES = 10
 IMAGE_SIZE = 28
 
@@ -86,6 +87,7 @@ def _load(
     progress: bool,
 ) -> Dataset:
     folder = dataset_dir(name, home)
+    _ensure_files(name, folder, mirrors, sha256s, download=download, progress=progress)
     tensors = []
     for images_file, labels_file in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
         common = {"download": download, "progress": progress}
@@ -104,6 +106,40 @@ def _load(
         tensors.append(torch.from_numpy(labels.astype(np.int64)))
     x_train, y_train, x_test, y_test = tensors
     return Dataset(name, x_train, y_train, x_test, y_test, NUM_CLASSES)
+
+
+def _ensure_files(
+    name: str,
+    folder: Path,
+    mirrors: tuple[str, ...],
+    sha256s: dict[str, str],
+    *,
+    download: bool,
+    progress: bool,
+) -> None:
+    """Download the files missing from ``folder``; when that is impossible, one error names
+    every missing file and the folder (not only the first file)."""
+    missing = [f for f in FILES if not exists(folder / f)]
+    if not missing:
+        return
+    check_not_nested(name, folder, missing)
+    what = f"{len(missing)} of {len(FILES)} files" if len(missing) < len(FILES) else "its files"
+    where = (f"put them there by hand (SHA-256s: fedpoison.data.mnist."
+             f"{'MNIST' if name == 'mnist' else 'FASHION_MNIST'}_SHA256) or set {ENV_DATA} to a "
+             f"folder that holds {folder.name}/")
+    if not download:
+        raise DataError(f"{name} is missing {what} in {folder}: {', '.join(missing)}; "
+                        f"downloading is disabled: {where}")
+    for i, filename in enumerate(missing):
+        try:
+            fetch(filename, folder, [base + filename for base in mirrors], sha256s[filename],
+                  progress=progress)
+        except DownloadError as e:
+            still = missing[i:]
+            raise DataError(
+                f"{name} is missing {', '.join(still)} in {folder} and the download failed "
+                f"({e.reasons}): {where}, or set {ENV_MIRROR} to a mirror"
+            ) from None
 
 
 def load_mnist(

@@ -2,7 +2,8 @@
 
 ``local``   in this process, one run after another (the default).
 ``process`` a pool of worker processes on this machine (``--jobs N``, each with
-            ``cores / N`` torch threads); a worker that dies gets its runs resubmitted.
+            ``cores / N`` torch threads); a worker that dies gets its runs resubmitted, and
+            the workers exit when the driver dies (even by SIGKILL).
 ``ray``     Ray tasks on a local instance or a cluster (``--address``): see
             :mod:`fedpoison.experiments.ray_executor`.
 
@@ -55,12 +56,58 @@ class LocalExecutor(Executor):
 _PROCESS_STATE: dict[str, Any] = {}
 
 
-def _init_process(runner: Runner, loader: Loader, threads: int) -> None:
+def _init_process(runner: Runner, loader: Loader, threads: int, driver: int) -> None:
+    _exit_with_driver(driver)
     import torch
 
     torch.set_num_threads(threads)
     _PROCESS_STATE["runner"] = runner
     _PROCESS_STATE["cache"] = DatasetCache(lambda key: loader(*key))
+
+
+def _exit_with_driver(driver: int) -> None:
+    """Make this pool worker exit as soon as the driver process ``driver`` dies.
+
+    A driver killed with SIGKILL cannot shut its pool down, and the workers would wait for
+    work forever (each holding a dataset and torch, hundreds of MB), keeping the
+    multiprocessing resource tracker alive with them. On Linux the kernel sends SIGKILL to
+    the worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``); everywhere, a daemon
+    thread waits on the pipe to the parent that multiprocessing keeps open, which reaches
+    end-of-file when the parent dies, and ends the process. The runs in flight are lost as
+    with the driver; the store only ever holds finished runs. (The kernel signal follows the
+    thread that started the worker: the pool is started by the thread iterating ``run``.)
+    """
+    import multiprocessing
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass  # no prctl: the watcher thread below still ends the worker
+    if os.getppid() != driver:  # the driver died before the request above took effect
+        os._exit(1)
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+
+    def watch() -> None:
+        if sentinel is not None:
+            from multiprocessing.connection import wait as wait_for
+
+            wait_for([sentinel])
+        else:  # no pipe to the parent: poll its pid
+            import time
+
+            while os.getppid() == driver:
+                time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fedpoison-driver-watch", daemon=True).start()
 
 
 def _process_job(job: Job) -> Outcome:
@@ -83,7 +130,7 @@ class ProcessExecutor(Executor):
         if self.jobs < 1:
             raise ConfigError("jobs", f"must be >= 1, got {self.jobs}")
         self.max_retries = max_retries
-        self._args = (runner, loader, max(1, cores // self.jobs))
+        self._args = (runner, loader, max(1, cores // self.jobs), os.getpid())
         self._pool: ProcessPoolExecutor | None = None
 
     def describe(self) -> str:

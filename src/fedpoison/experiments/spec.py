@@ -522,6 +522,18 @@ def spec_names() -> list[str]:
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
+MAX_SPEC_BYTES = 1 << 20
+"""A spec file larger than this (1 MiB) is refused before it is read."""
+
+MAX_SPEC_SIZE = 1_000_000
+"""The most nodes plus scalar characters a spec may hold once its YAML aliases are expanded.
+
+An alias may repeat a large anchor, so a few hundred bytes of YAML can expand to billions of
+values (an "alias bomb"); everything downstream (validation, the JSON recorded in the store)
+walks the expanded spec, so it is measured on the composed YAML before anything is built.
+"""
+
+
 def load_spec(name_or_path: str | Path) -> SweepSpec:
     """A shipped spec by name (``table2a``, ``figure2``) or a YAML file by path."""
     text = str(name_or_path)
@@ -530,13 +542,87 @@ def load_spec(name_or_path: str | Path) -> SweepSpec:
         body = resources.files("fedpoison.presets").joinpath(f"{text}.yaml").read_text()
         source = f"preset {text}"
     elif path.is_file():
-        body = path.read_text()
+        body = _read_spec_file(path)
         source = str(path)
     else:
         raise ConfigError("spec", f"no spec file {text!r} and no preset of that name; presets: "
                                   f"{', '.join(spec_names())}")
+    return parse_spec(safe_load_yaml(body, source), source)
+
+
+def _read_spec_file(path: Path) -> str:
+    """The text of a spec file: at most :data:`MAX_SPEC_BYTES`, UTF-8, readable."""
     try:
-        data = yaml.safe_load(body)
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as e:
+        raise ConfigError("spec", f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise ConfigError("spec", f"{path} is larger than {MAX_SPEC_BYTES} bytes; a sweep spec "
+                                  "is a short YAML file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError("spec", f"{path} is not UTF-8 text (byte {raw[e.start]:#04x} at "
+                                  f"offset {e.start}); save it as UTF-8") from None
+
+
+def safe_load_yaml(body: str, source: str) -> Any:
+    """``yaml.safe_load(body)``, refusing a document that expands beyond
+    :data:`MAX_SPEC_SIZE` (alias bombs), refers to itself, or nests too deeply."""
+    loader = yaml.SafeLoader(body)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, source)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
-        raise ConfigError("spec", f"{source}: not valid YAML: {e}") from None
-    return parse_spec(data, source)
+        raise ConfigError("spec", f"{source}: not valid YAML: {_one_line(str(e))}") from None
+    except RecursionError:
+        raise ConfigError("spec", f"{source}: nested too deeply to be a sweep spec") from None
+    finally:
+        loader.dispose()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _check_expanded_size(root: yaml.Node, source: str) -> None:
+    """Raise ConfigError when ``root`` expands (aliases repeated) beyond MAX_SPEC_SIZE.
+
+    Aliased nodes are shared in the composed graph, so their expanded size is computed once
+    (memoized, iteratively: no recursion limit) and the walk stays linear in the YAML text.
+    """
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return []
+
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_nodes.discard(key)
+            own = 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+            size[key] = own + sum(size[id(c)] for c in children(node))
+            if size[key] > MAX_SPEC_SIZE:
+                raise ConfigError(
+                    "spec", f"{source}: expands to more than {MAX_SPEC_SIZE:,} values and "
+                    "characters once its YAML aliases (*name) are resolved; a sweep spec is "
+                    "far smaller (is it an alias bomb?)")
+            continue
+        if key in size:
+            continue
+        if key in open_nodes:
+            raise ConfigError("spec", f"{source}: a YAML alias refers to a node that contains "
+                                      "it (a recursive structure); a sweep spec cannot")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node) if id(c) not in size)
