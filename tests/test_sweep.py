@@ -252,6 +252,15 @@ def test_cli_dry_run_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     spec.write_text(json.dumps(tiny_spec()))  # JSON is YAML
     assert main(["sweep", str(spec), "--dry-run", "--store", str(tmp_path / "s.sqlite")]) == 0
     assert "4 points × 2 trial(s) → 8 distinct runs; 0 stored" in capsys.readouterr().out
+    assert not (tmp_path / "s.sqlite").exists()  # a dry run creates no store
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        key = parse_spec(tiny_spec()).effective().plan()[0].key
+        store.put(key, synthetic_result(parse_spec(tiny_spec()).effective().plan()[0]
+                                        .config.to_dict(), 0.5))
+    before = (tmp_path / "s.sqlite").stat().st_mtime_ns
+    assert main(["sweep", str(spec), "--dry-run", "--store", str(tmp_path / "s.sqlite")]) == 0
+    assert "8 distinct runs; 1 stored" in capsys.readouterr().out
+    assert (tmp_path / "s.sqlite").stat().st_mtime_ns == before
 
 
 def test_reproduce_reads_the_store_and_keeps_its_json_format(

@@ -58,9 +58,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                                           variant=args.variant)
     points = len(spec.points())
     spec.plan()  # every run validated before the store is opened or anything runs
-    if args.dry_run:
-        with ResultStore(args.store) as store:
-            jobs, planned, stored = plan_jobs(spec, store)
+    if args.dry_run:  # reads the store if there is one; never creates or changes it
+        if Path(args.store).exists():
+            with ResultStore(args.store, readonly=True) as store:
+                jobs, planned, stored = plan_jobs(spec, store)
+        else:
+            jobs, planned, stored = plan_jobs(spec, None)
         print(f"{spec.record_name}: {points} points × {spec.trials} trial(s) → {planned} "
               f"distinct runs; {stored} stored in {args.store}, {len(jobs)} to run")
         return 0

@@ -42,12 +42,13 @@ class SweepOutcome:
         return s
 
 
-def plan_jobs(spec: SweepSpec, store: ResultStore) -> tuple[list[Job], int, int]:
-    """(jobs still to run, distinct runs planned, runs already stored); validates the spec."""
+def plan_jobs(spec: SweepSpec, store: ResultStore | None) -> tuple[list[Job], int, int]:
+    """(jobs still to run, distinct runs planned, runs already stored); validates the spec.
+    ``store`` None: nothing is stored yet."""
     unique = {}
     for planned in spec.plan():
         unique.setdefault(planned.key, planned)
-    stored = store.keys()
+    stored = store.keys() if store is not None else set()
     jobs = [Job(k, p.config.to_dict()) for k, p in unique.items() if k not in stored]
     jobs.sort(key=lambda j: dataset_key(j.config))  # stable: keeps trial-major order
     return jobs, len(unique), len(unique) - len(jobs)
