@@ -571,3 +571,37 @@ def test_extending_guide_runs(tmp_path: Path) -> None:
         assert spec.plan()
     with ResultStore(tmp_path / "s.sqlite") as store:
         assert plan_jobs(spec, store)[1] == len(spec.plan())
+
+
+# ------------------------------------------------------------------ detection metrics
+def test_detection_rates_from_defense_drops_and_rule_reports(clean_registry: list) -> None:
+    """The server records what a defense dropped and what a rule reports removing
+    (ServerContext.remove); the run compares it with the compromised workers it alone
+    knows. The rule's rows are mapped back through the defense's drops."""
+    _toy("toy-i", clean_registry)
+    from fedpoison.simulation import prepare
+
+    cfg = RunConfig(dataset="toy-i", rule="reports-last", defense="drops-first",
+                    attack="label-flip", **SMALL)
+
+    @fedpoison.register_defense("drops-first", reference="test", needs_validation=False)
+    def drops_first(ctx: object) -> torch.Tensor:
+        return torch.tensor([0])
+
+    @fedpoison.register_rule("reports-last", reference="test", needs=("iteration",))
+    def reports_last(W: torch.Tensor, f: int, *, ctx: object) -> torch.Tensor:
+        ctx.remove(torch.tensor([W.shape[0] - 1]))  # type: ignore[attr-defined]
+        return W.mean(0)
+
+    clean_registry += [("defense", "drops-first"), ("rule", "reports-last")]
+    setup = prepare(cfg)
+    compromised = setup.adversary.is_compromised
+    r = fedpoison.run(cfg)
+    det = r.diagnostics["detection"]
+    first, last = bool(compromised[0]), bool(compromised[-1])
+    assert det["n"] == 6
+    assert det["tp"] == 6 * (first + last) and det["fp"] == 6 * (2 - first - last)
+    assert det["tp"] + det["fn"] == 6 * int(compromised.sum())
+    from fedpoison.cli.run import diagnostics_line
+
+    assert "compromised and" in diagnostics_line(r.diagnostics)

@@ -45,10 +45,26 @@ class ServerContext:
     generator: torch.Generator
     server_data: ServerData | None = None
     notes: Notes | None = None
+    workers: Tensor | None = None  # worker ids of the rows the server received (int64)
+    rows: int = 0  # rows of the W this component is given
+    removed: Tensor | None = None  # set by remove()
 
     def note(self, name: str, value: float) -> None:
         if self.notes is not None:
             self.notes.setdefault(name, []).append(float(value))
+
+    def remove(self, rows: Tensor) -> None:
+        """Record which rows of its ``W`` this component removed or gave no weight (a bool
+        mask or indices). The simulation, which alone knows which workers are compromised,
+        turns it into detection rates (true and false positives) in the run's diagnostics.
+        A defense's dropped rows are recorded without this call."""
+        mask = torch.zeros(self.rows, dtype=torch.bool)
+        rows = rows.detach().cpu()
+        if rows.dtype == torch.bool:
+            mask |= rows.reshape(-1)
+        else:
+            mask[rows.to(torch.int64)] = True
+        self.removed = mask
 
 
 class BoundRule:
@@ -200,30 +216,50 @@ class Server:
     server_data: ServerData | None = None
     states: list[dict[str, Any]] = field(default_factory=list)
     defense_state: dict[str, Any] = field(default_factory=dict)
+    #: This iteration's rows (of the received W) that the defense dropped or the rule
+    #: reported removing (``ServerContext.remove``); ``None`` when nothing reported.
+    removed: Tensor | None = None
+    _kept: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.states = [{} for _ in range(len(self.pipeline.preaggs) + 1)]
 
-    def contexts(self, t: int, previous: Tensor, notes: Notes | None) -> list[ServerContext]:
-        return [ServerContext(t, previous, s, self.generator, self.server_data, notes)
-                for s in self.states]
+    def contexts(self, t: int, previous: Tensor, notes: Notes | None, rows: int = 0,
+                 workers: Tensor | None = None) -> list[ServerContext]:
+        return [ServerContext(t, previous, s, self.generator, self.server_data, notes, workers,
+                              rows) for s in self.states]
 
     def defend(self, W: Tensor, previous: Tensor, t: int, notes: Notes | None = None,
-               crafted: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+               crafted: Tensor | None = None, workers: Tensor | None = None
+               ) -> tuple[Tensor, Tensor | None]:
         """The rows the defense keeps, and the crafted-row mask among them (or ``None``)."""
+        self.removed, self._kept = None, None
         if self.defense is None:
             return W, crafted
         ctx = ServerContext(t, previous, self.defense_state, self.generator, self.server_data,
-                            notes)
+                            notes, workers, W.shape[0])
         drop = self.defense(W, self.f, self.pipeline, ctx)
         keep = torch.ones(W.shape[0], dtype=torch.bool, device=W.device)
         keep[drop] = False
+        self.removed, self._kept = ~keep.cpu(), torch.nonzero(keep.cpu()).reshape(-1)
         return W[keep], None if crafted is None else crafted[keep]
 
     def aggregate(self, W: Tensor, previous: Tensor, t: int, notes: Notes | None = None,
-                  crafted: Tensor | None = None) -> Tensor:
-        """The next global model from the models ``W`` the defense kept."""
-        w = self.pipeline(W, self.f, contexts=self.contexts(t, previous, notes))
+                  crafted: Tensor | None = None, workers: Tensor | None = None) -> Tensor:
+        """The next global model from the models ``W`` the defense kept (``workers``: their
+        ids, for rules that keep per-worker history)."""
+        if self._kept is not None and workers is not None:
+            workers = workers[self._kept]
+        contexts = self.contexts(t, previous, notes, W.shape[0], workers)
+        w = self.pipeline(W, self.f, contexts=contexts)
+        reported = contexts[-1].removed
+        if reported is not None and not self.pipeline.preaggs:
+            if self._kept is None:
+                self.removed = reported
+            else:
+                assert self.removed is not None
+                self.removed = self.removed.clone()
+                self.removed[self._kept[reported]] = True
         if (crafted is not None and notes is not None and self.pipeline.rule.selects_row
                 and not self.pipeline.preaggs):
             # Did a selecting rule (Krum) pick one of the crafted models?
@@ -232,7 +268,7 @@ class Server:
         return w
 
     def __call__(self, W: Tensor, previous: Tensor, t: int, notes: Notes | None = None,
-                 crafted: Tensor | None = None) -> Tensor:
+                 crafted: Tensor | None = None, workers: Tensor | None = None) -> Tensor:
         """Defense, then pre-aggregators and rule: the next global model."""
-        W, crafted = self.defend(W, previous, t, notes, crafted)
-        return self.aggregate(W, previous, t, notes, crafted)
+        W, crafted = self.defend(W, previous, t, notes, crafted, workers)
+        return self.aggregate(W, previous, t, notes, crafted, workers)

@@ -124,6 +124,7 @@ class Setup:
     labels_poisoned: Tensor
     train_generator: torch.Generator
     sample_generator: torch.Generator
+    detection: Detection = field(default_factory=lambda: Detection())
 
     def workers(self) -> Tensor:
         """The workers of this iteration: all of them, or a sorted uniform sample of k."""
@@ -151,15 +152,51 @@ class Setup:
             toc = _lap(timings, "attack", toc)
 
         if self.server.defense is not None:
-            W, crafted = self.server.defend(W, w, t, notes, crafted)
+            W, crafted = self.server.defend(W, w, t, notes, crafted, workers)
             toc = _lap(timings, "defense", toc)
-        w_next = self.server.aggregate(W, w, t, notes, crafted)
+        else:
+            self.server.defend(W, w, t)  # nothing to drop; resets what was removed
+        w_next = self.server.aggregate(W, w, t, notes, crafted, workers)
+        if self.server.removed is not None:
+            self.detection.add(self.server.removed, self.adversary.is_compromised[workers])
         moved = mean_direction != 0
         notes.setdefault("against_mean_direction", []).append(
             float((torch.sign(w_next - w)[moved] != mean_direction[moved]).float().mean())
             if bool(moved.any()) else math.nan)
         _lap(timings, "aggregate", toc)
         return w_next
+
+
+@dataclass
+class Detection:
+    """How well the server's defense (or a rule that reports removals) told compromised from
+    benign workers, over the iterations where it removed anything: counts of removed and
+    kept models of compromised and benign workers."""
+
+    tp: int = 0  # compromised, removed
+    fp: int = 0  # benign, removed
+    fn: int = 0  # compromised, kept
+    tn: int = 0  # benign, kept
+    iterations: int = 0
+
+    def add(self, removed: Tensor, compromised: Tensor) -> None:
+        removed, compromised = removed.cpu(), compromised.cpu()
+        self.tp += int((removed & compromised).sum())
+        self.fp += int((removed & ~compromised).sum())
+        self.fn += int((~removed & compromised).sum())
+        self.tn += int((~removed & ~compromised).sum())
+        self.iterations += 1
+
+    def summary(self) -> dict[str, float]:
+        """Counts and rates: true/false positive rate, precision, recall (NaN when undefined)."""
+        def rate(a: int, b: int) -> float:
+            return a / b if b else math.nan
+
+        return {"n": self.iterations, "tp": self.tp, "fp": self.fp, "fn": self.fn,
+                "tn": self.tn, "tpr": rate(self.tp, self.tp + self.fn),
+                "fpr": rate(self.fp, self.fp + self.tn),
+                "precision": rate(self.tp, self.tp + self.fp),
+                "recall": rate(self.tp, self.tp + self.fn)}
 
 
 def _lap(timings: dict[str, float] | None, phase: str, since: float) -> float:
@@ -283,6 +320,9 @@ def run(
     bar.close()
 
     best_t, best_err = min(curve, key=lambda te: (te[1], te[0]))
+    diagnostics = summarize_notes(notes)
+    if setup.detection.iterations:
+        diagnostics["detection"] = setup.detection.summary()
     return RunResult(
         config=cfg.to_dict(),
         config_hash=cfg.config_hash(),
@@ -294,7 +334,7 @@ def run(
         loss_curve=loss_curve,
         seconds=time.perf_counter() - t_start,
         timings=timings,
-        diagnostics=summarize_notes(notes),
+        diagnostics=diagnostics,
     )
 
 

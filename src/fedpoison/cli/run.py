@@ -165,6 +165,12 @@ def diagnostics_line(diagnostics: dict[str, dict[str, float]]) -> str:
     parts = []
     for name, st in diagnostics.items():
         meaning, kind = meanings.get(name, (name, "value"))
+        if name == "detection":
+            parts.append(f"removed {int(st['tp'])} of {int(st['tp'] + st['fn'])} compromised "
+                         f"and {int(st['fp'])} of {int(st['fp'] + st['tn'])} benign models "
+                         f"(TPR {st['tpr']:.2f}, FPR {st['fpr']:.2f}, over {int(st['n'])} "
+                         "iterations)")
+            continue
         if "mean" not in st:
             parts.append(f"{meaning}: no finite value")
         elif kind == "flag":
