@@ -317,3 +317,31 @@ def test_cli_empty_figure_is_a_one_line_error(tmp_path: Path,
     assert err.count("\n") == 1 and not out.exists()
     assert main(["report", str(store), "--table", "s", "--curves", "--out", str(out)]) == 2
     assert "--curves: s: none of its 4 runs" in capsys.readouterr().err
+
+
+def test_cli_out_naming_a_file_is_a_one_line_error(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    store = recorded_store(tmp_path, sweep({"rule": ["mean"]}), lambda lb, t: 0.2)
+    afile = tmp_path / "report.txt"
+    afile.write_text("mine")
+    assert main(["report", str(store), "--out", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fedpoison: error: --out: {afile} is a file; name a folder (it is created " \
+                  "if missing)\n"
+    assert afile.read_text() == "mine"
+    assert main(["report", str(store), "--out", str(afile / "sub")]) == 2
+    assert "--out: cannot write into" in capsys.readouterr().err
+
+
+def test_cli_export_to_an_unwritable_path_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = recorded_store(tmp_path, sweep({"rule": ["mean"]}), lambda lb, t: 0.2)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    (tmp_path / "adir.csv").mkdir()
+    for target in (afile / "runs.csv", tmp_path / "adir.csv"):
+        assert main(["report", str(store), "--export", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fedpoison: error: --export: cannot write {target}: ")
+        assert err.count("\n") == 1 and "Traceback" not in err

@@ -134,10 +134,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from fedpoison.report.tables import collect, format_markdown
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", f"{out} is a file; name a folder (it is created if missing)")
     options = PlotOptions(formats=tuple(args.format), ylim=args.ylim)
     with ResultStore(args.store, create=False) as store:
         for path in args.export:
-            n = store.export(path)
+            try:
+                n = store.export(path)
+            except OSError as e:
+                raise ConfigError("export", f"cannot write {path}: {e.strerror or e}") from None
             print(f"exported {n} runs to {path}", file=sys.stderr)
         wanted = [(n, False) for n in args.table] + [(n, True) for n in args.figure]
         if not wanted and not args.export:
@@ -161,8 +166,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     dump = []
     for spec, stats, plot, curves in results:
         note = note_for(spec)
-        written = write_outputs(spec, stats, out, note, plot=plot, options=options,
-                                curves=curves)
+        try:
+            written = write_outputs(spec, stats, out, note, plot=plot, options=options,
+                                    curves=curves)
+        except OSError as e:
+            raise ConfigError("out", f"cannot write into {out}: {e.strerror or e}"
+                                     f"{f' ({e.filename})' if e.filename else ''}") from None
         if args.json:
             dump.append({"name": spec.record_name, "points": [s.to_json() for s in stats]})
         else:
