@@ -28,6 +28,7 @@ SUBDIRS: dict[str, str] = {
     "fashion-mnist": "fashion-mnist",
     "ch-mnist": "ch-mnist",
     "breast-cancer": "breast-cancer",
+    "cifar-10": "cifar-10",
 }
 """Dataset name -> folder under the data home."""
 
