@@ -141,6 +141,20 @@ def test_numeric_x_draws_lines_with_std_bands_and_a_fitted_y_range(tmp_path: Pat
         close(fixed)
 
 
+def test_series_colours_are_distinct_and_paper_series_keep_theirs(tmp_path: Path) -> None:
+    spec = sweep({"compromised": [1, 2],
+                  "attack": [{"attack": "{rule}", "knowledge": "full"}, {"attack": "gaussian"},
+                             {"attack": "label-flip"}]}, rule="median")
+    stats = stats_of(spec, tmp_path, lambda lb, t: 0.2)
+    figures = spec_figures(spec, stats)
+    try:
+        lines = {ln.get_label(): ln.get_color() for ln in figures[0][1].axes[0].get_lines()}
+        assert lines["gaussian"] == "#1f77b4" and lines["label-flip"] == "#2ca02c"
+        assert len(set(lines.values())) == 3
+    finally:
+        close(figures)
+
+
 def test_one_trial_draws_no_band_and_says_so(tmp_path: Path) -> None:
     spec = sweep({"compromised": [1, 2]}, trials=1)
     stats = stats_of(spec, tmp_path, lambda lb, t: 0.2)

@@ -141,17 +141,20 @@ def _series(block: Block, stats: Sequence[PointStats]
 
 
 class _Styles:
-    """One colour and marker per series name, the same in every panel of a figure."""
+    """One colour and marker per series name, the same in every panel of a figure. The
+    paper's series (``STYLE``) keep theirs; other names take the first unused palette colour
+    (not one that a paper series of the same figure, ``names``, will take)."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: Sequence[str] = ()) -> None:
         self._given: dict[str, dict[str, Any]] = {}
+        self._reserved = {STYLE[n]["color"] for n in names if n in STYLE}
 
     def __call__(self, name: str) -> dict[str, Any]:
         if name not in self._given:
             if name in STYLE:
                 self._given[name] = dict(STYLE[name])
             else:
-                used = {s["color"] for s in self._given.values()}
+                used = {s["color"] for s in self._given.values()} | self._reserved
                 free = [c for c in _PALETTE if c not in used] or list(_PALETTE)
                 n = len(self._given)
                 self._given[name] = {"color": free[0], "marker": _MARKERS[n % len(_MARKERS)]}
@@ -397,7 +400,7 @@ def spec_figures(spec: SweepSpec, stats: Sequence[PointStats], note: str = "",
     blocks = [b for b in spec.blocks if b.axes]
     _check_nonempty(spec, stats, "plot")
     plt = _pyplot()
-    styles = _Styles()
+    styles = _Styles([n for b in blocks for n in _series(b, stats)])
     if chart_kind(spec, blocks[0]) == "heatmap":
         rows, cols = (len(a.items) for a in blocks[0].axes)
         width, height = min(3.4 + 1.15 * cols, 18.0), min(2.4 + 0.9 * rows, 14.0)
@@ -522,7 +525,7 @@ def curves_figure(spec: SweepSpec, stats: Sequence[PointStats],
     width = min(3.6 * ncols + 0.6, 18.0)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, 2.9 * nrows + 1.4), squeeze=False,
                              sharex=True, sharey=True, layout="constrained")
-    styles = _Styles()
+    styles = _Styles([lbl for s in stats for _, lbl in s.point.labels])
     lows: list[float] = []
     highs: list[float] = []
     spread = False
