@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from fedpoison.cli import main
-from fedpoison.experiments.spec import SweepSpec, load_spec, parse_spec
+from fedpoison.experiments.spec import Point, SweepSpec, load_spec, parse_spec
 from fedpoison.experiments.store import ResultStore
 from fedpoison.experiments.sweep import plan_jobs
 from fedpoison.experiments.worker import synthetic_result
 from fedpoison.report import collect, format_csv, format_markdown, plot_spec
+from fedpoison.report.tables import PointStats
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -114,12 +115,76 @@ def test_long_table_for_three_axes() -> None:
     spec = parse_spec({"name": "three", "base": {"workers": 10, "compromised": 2},
                        "grid": {"rule": ["mean", "median"], "noniid": [0.1, 0.5],
                                 "attack": ["none", "label-flip"]}}).effective()
-    from fedpoison.report.tables import PointStats
-
-    stats = [PointStats(p, [0.2], 1, None) for p in spec.points()]
+    stats = [PointStats(p, [0.2, 0.3], 2, None) for p in spec.points()]
     md = format_markdown(spec, stats)
     assert "| rule | noniid | attack | final_error (mean ± std) |" in md
-    assert "| median | 0.5 | label-flip | 0.200 ± 0.000 (paper –) |" in md
+    assert "| median | 0.5 | label-flip | 0.250 ± 0.050 |" in md
+
+
+def test_one_trial_shows_no_spread_and_no_paper_without_paper_values() -> None:
+    """One trial measured no spread (no ±, empty ours_std); a spec without paper values gets
+    no paper column and no '(paper –)'."""
+    spec = parse_spec({"name": "mine", "base": {"workers": 10, "compromised": 2},
+                       "grid": {"rule": ["mean", "median"], "attack": ["none", "gaussian"]}}
+                      ).effective()
+    stats = collect_synthetic(spec, {0: [0.2], 1: [0.25, 0.35], 2: [], 3: [0.4]})
+    md = format_markdown(spec, stats)
+    assert "| rule ↓ attack → | none | gaussian |" in md
+    assert "| mean | 0.200 | 0.300 ± 0.050 |" in md
+    assert "| median | – | 0.400 |" in md
+    assert "paper" not in md and "0.200 ±" not in md
+    lines = format_csv(spec, stats).splitlines()
+    assert lines[0] == "rule,attack,ours_mean,ours_std,trials,non_finite,other_version"
+    assert lines[1] == "mean,none,0.200000,,1,0,0"
+    assert lines[2] == "mean,gaussian,0.300000,0.050000,2,0,0"
+    assert stats[0].to_json()["ours_std"] is None
+    assert stats[1].to_json()["ours_std"] == 0.05
+
+
+def test_paper_values_keep_their_column_and_dash_where_missing() -> None:
+    spec = load_spec("table2a").effective(quick=True)
+    stats = collect_synthetic(spec, {0: [0.2]})
+    md = format_markdown(spec, stats)
+    assert "| krum | 0.200 (paper 0.14) | – (paper 0.13) |" in md
+    assert format_csv(spec, stats).splitlines()[0].split(",")[5] == "paper"
+
+
+def test_placeholders_never_reach_headers() -> None:
+    """A column {attack: "{rule}"} is the row's own attack: resolved per row in long tables,
+    CSV and JSON; a grid header names it in words."""
+    raw = {"name": "ph", "base": {"workers": 10, "compromised": 2},
+           "grid": {"rule": ["trimmed-mean", "median"],
+                    "attack": [{"attack": "none"}, {"attack": "{rule}", "knowledge": "full"}]}}
+    spec = parse_spec(raw).effective()
+    stats = collect_synthetic(spec, {i: [0.1 * (i + 1)] for i in range(4)})
+    md = format_markdown(spec, stats)
+    assert "{" not in md and "| rule ↓ attack → | none | attack = rule |" in md
+    assert "trimmed-mean,trimmed-mean,0.200000" in format_csv(spec, stats)
+    assert stats[3].to_json()["attack"] == "median"
+    # three axes: one line per point, each resolved
+    raw["grid"]["noniid"] = [0.5]
+    spec3 = parse_spec(raw).effective()
+    md3 = format_markdown(spec3, collect_synthetic(spec3, {3: [0.4]}))
+    assert "| median | median | 0.5 | 0.400 |" in md3 and "{" not in md3
+    # a placeholder that resolves alike at every point is shown resolved
+    from fedpoison.report.tables import item_label
+
+    one = parse_spec({**raw, "grid": {"rule": ["median"], "attack": raw["grid"]["attack"]}})
+    points = one.effective().points()
+    assert item_label(points, "attack", "{rule}") == "median"
+
+
+def collect_synthetic(spec: SweepSpec, values: dict[int, list[float]]) -> list[PointStats]:
+    """PointStats of every point of ``spec``: point i has ``values[i]`` (default none)."""
+    return [PointStats(p, list(values.get(i, [])), max(spec.trials, len(values.get(i, []))),
+                       _paper_of(spec, p))
+            for i, p in enumerate(spec.points())]
+
+
+def _paper_of(spec: SweepSpec, point: Point) -> float | None:
+    from fedpoison.report.tables import _paper
+
+    return _paper(spec, point)
 
 
 def test_figure_pngs_from_store(tmp_path: Path) -> None:

@@ -30,18 +30,29 @@ def add_commands(sub: Any) -> None:
     add_executor_options(p)
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("report", help="tables (Markdown/CSV) and PNG plots from a results store")
+    p = sub.add_parser("report", help="tables (Markdown/CSV) and figures (PNG/SVG/PDF) from a "
+                                      "results store")
     p.add_argument("store", help="the results store (SQLite file)")
     p.add_argument("--table", action="append", default=[], metavar="SPEC",
                    help="a sweep recorded in the store, a preset name or a spec file "
                         "(repeatable); default: every recorded sweep")
     p.add_argument("--figure", action="append", default=[], metavar="SPEC",
-                   help="plot it as PNGs (same names as --table; repeatable)")
+                   help="also plot it (same names as --table; repeatable): heatmap for two "
+                        "categorical axes, lines over a numeric x axis, else grouped bars")
+    p.add_argument("--curves", action="store_true",
+                   help="also plot the stored error-vs-iteration curves of every selected "
+                        "spec (NAME-curves.FMT)")
+    p.add_argument("--format", type=_option(_parse_formats), default=("png",), metavar="FMT",
+                   help="figure file formats, a comma list of png, svg, pdf (default png)")
+    p.add_argument("--ylim", type=_option(_parse_ylim), default=None, metavar="LO,HI",
+                   help="fix the y range of every figure (heatmaps: the colour range); "
+                        "default: fitted to the data")
     p.add_argument("--export", action="append", default=[], metavar="FILE",
                    help="write every stored run to FILE.csv or FILE.parquet (repeatable)")
     add_spec_options(p)
     p.add_argument("--out", default=str(Path("results") / "report"),
-                   help="folder for tables and PNGs (default results/report)")
+                   help="folder for tables and figures, created if missing "
+                        "(default results/report)")
     p.add_argument("--json", action="store_true", help="print the points as JSON")
     p.add_argument("--any-version", action="store_true",
                    help="also use runs of the same config computed by another version of the "
@@ -96,15 +107,45 @@ def _resolve(name: str, store: Any, args: argparse.Namespace) -> Any:
                                      variant=args.variant)
 
 
+def _option(parse: Any) -> Any:
+    """An argparse type from a parser that raises ConfigError (one-line usage error)."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(e.message) from None
+
+    return convert
+
+
+def _parse_formats(text: str) -> tuple[str, ...]:
+    from fedpoison.report.plots import parse_formats
+
+    return parse_formats(text)
+
+
+def _parse_ylim(text: str) -> tuple[float, float]:
+    from fedpoison.report.plots import parse_ylim
+
+    return parse_ylim(text)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from fedpoison.experiments.store import ResultStore
     from fedpoison.report.outputs import note_for, write_outputs
+    from fedpoison.report.plots import PlotOptions, load_curves
     from fedpoison.report.tables import collect, format_markdown
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("out", f"{out} is a file; name a folder (it is created if missing)")
+    options = PlotOptions(formats=tuple(args.format), ylim=args.ylim)
     with ResultStore(args.store, create=False) as store:
         for path in args.export:
-            n = store.export(path)
+            try:
+                n = store.export(path)
+            except OSError as e:
+                raise ConfigError("export", f"cannot write {path}: {e.strerror or e}") from None
             print(f"exported {n} runs to {path}", file=sys.stderr)
         wanted = [(n, False) for n in args.table] + [(n, True) for n in args.figure]
         if not wanted and not args.export:
@@ -115,12 +156,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
             wanted = [(r["name"], r["spec"].get("kind") == "figure" or "panels" in r["spec"])
                       for r in recorded]
         specs = [(_resolve(name, store, args), plot) for name, plot in wanted]
-        results = [(spec, collect(spec, store, args.any_version), plot)
-                   for spec, plot in specs]
+        results = []
+        for spec, plot in specs:
+            stats = collect(spec, store, args.any_version)
+            if (plot or args.curves) and not any(s.values for s in stats):
+                _nothing_to_plot(spec, stats, args.store, "--figure" if plot else "--curves")
+            curves = load_curves(store, stats, spec.metric) if args.curves else None
+            if curves is not None and not any(curves):
+                raise ConfigError("curves", f"{spec.record_name}: its stored runs in "
+                                            f"{args.store} hold no error curve")
+            results.append((spec, stats, plot, curves))
     dump = []
-    for spec, stats, plot in results:
+    for spec, stats, plot, curves in results:
         note = note_for(spec)
-        written = write_outputs(spec, stats, out, note, plot=plot)
+        try:
+            written = write_outputs(spec, stats, out, note, plot=plot, options=options,
+                                    curves=curves)
+        except OSError as e:
+            raise ConfigError("out", f"cannot write into {out}: {e.strerror or e}"
+                                     f"{f' ({e.filename})' if e.filename else ''}") from None
         if args.json:
             dump.append({"name": spec.record_name, "points": [s.to_json() for s in stats]})
         else:
@@ -129,6 +183,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dump))
     return 0
+
+
+def _nothing_to_plot(spec: Any, stats: Any, store: str, option: str) -> None:
+    """Refuse a figure of a spec none of whose runs is stored (it would be an empty picture)."""
+    runs = sum(s.expected for s in stats)
+    elsewhere = sum(s.elsewhere for s in stats)
+    hint = (f" ({elsewhere} are stored as computed by another version of fedpoison: add "
+            "--any-version)") if elsewhere else (f"; run it first: fedpoison sweep SPEC "
+                                                 f"--store {store}")
+    raise ConfigError(option.removeprefix("--"),
+                      f"{spec.record_name}: none of its {runs} runs is in {store}, nothing to "
+                      f"plot{hint}")
 
 
 def add_executor_options(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ Breast Cancer Wisconsin).
 
 from __future__ import annotations
 
-from fedpoison.data import breast_cancer, ch_mnist, mnist  # noqa: F401  (registration)
+from fedpoison.data import breast_cancer, ch_mnist, cifar10, mnist  # noqa: F401  (registration)
 from fedpoison.data.base import Dataset
 from fedpoison.data.home import cache_home, data_home
 from fedpoison.data.partition import Partition, noniid_partition

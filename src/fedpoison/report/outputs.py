@@ -1,7 +1,8 @@
-"""Writing a spec's results: the note printed above a table, and the Markdown/CSV/PNG files."""
+"""Writing a spec's results: the note printed above a table, and the Markdown/CSV/figure files."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,15 @@ def note_for(spec: SweepSpec, seconds: float | None = None, reused: int = 0) -> 
 
 
 def write_outputs(spec: SweepSpec, stats: list[Any], out: Path, note: str,
-                  plot: bool) -> list[Path]:
-    """NAME.md, NAME.csv and (figures) the PNGs; returns the paths written."""
-    from fedpoison.report.plots import plot_spec
+                  plot: bool, *, options: Any = None,
+                  curves: Sequence[Sequence[Any]] | None = None) -> list[Path]:
+    """NAME.md, NAME.csv, the figures (``plot``; PlotOptions ``options``) and, given the
+    stored ``curves`` (``plots.load_curves``), NAME-curves; returns the paths written.
+
+    A figure needs at least one stored run: with none, ``plot`` writes no figure (the tables
+    say that every run is missing); ``fedpoison report`` refuses such a figure up front.
+    """
+    from fedpoison.report.plots import plot_curves, plot_spec
     from fedpoison.report.tables import format_csv, format_markdown
 
     out.mkdir(parents=True, exist_ok=True)
@@ -33,7 +40,9 @@ def write_outputs(spec: SweepSpec, stats: list[Any], out: Path, note: str,
     md.write_text(format_markdown(spec, stats, note))
     csvp.write_text(format_csv(spec, stats))
     written = [md, csvp]
-    if plot:
-        short = "REDUCED RUN (--quick)" if spec.options.get("quick") else ""
-        written += plot_spec(spec, stats, out, note=short)
+    short = "REDUCED RUN (--quick)" if spec.options.get("quick") else ""
+    if plot and any(s.values for s in stats):
+        written += plot_spec(spec, stats, out, note=short, options=options)
+    if curves is not None:
+        written += plot_curves(spec, stats, curves, out, note=short, options=options)
     return written

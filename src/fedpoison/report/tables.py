@@ -1,7 +1,10 @@
 """Tables from stored results: mean ± std over trials per grid point, beside the paper's value.
 
 A spec with one block of two axes (the paper's tables: rules × attacks) renders as a grid,
-each cell ``ours ± std (paper X)``; any other spec renders one line per point.
+each cell ``ours ± std (paper X)``; any other spec renders one line per point. A cell shows
+``± std`` only when it has two or more trials (one trial measures no spread), and
+``(paper X)`` only when the spec has paper values at all. Labels that hold a placeholder
+(``attack: "{rule}"``) are shown resolved (see :func:`item_label`).
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedpoison.experiments.spec import Point, SweepSpec
@@ -29,6 +34,7 @@ class PointStats:
     non_finite: int = 0  # trials whose final test loss was not finite (stored as null)
     other_version: int = 0  # trials shown that another version of the source computed
     elsewhere: int = 0  # missing trials that another version computed (not shown)
+    keys: list[str] = field(default_factory=list)  # store keys of ``values``, in order
 
     @property
     def mean(self) -> float:
@@ -40,15 +46,21 @@ class PointStats:
         return statistics.pstdev(self.values) if len(self.values) > 1 else 0.0
 
     @property
+    def has_spread(self) -> bool:
+        """Whether a spread was measured: two or more trials."""
+        return len(self.values) > 1
+
+    @property
     def missing(self) -> int:
         return self.expected - len(self.values)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"panel": self.point.block} if self.point.block else {}
-        out.update({axis: x for axis, x in self.point.x})
+        out.update({axis: resolved_label(self.point, axis) if _has_placeholder(x) else x
+                    for axis, x in self.point.x})
         out.update({
             "ours_mean": None if not self.values else round(self.mean, 6),
-            "ours_std": round(self.std, 6),
+            "ours_std": round(self.std, 6) if self.has_spread else None,
             "trials": len(self.values),
             "paper": self.paper,
             "values": self.values,
@@ -91,6 +103,7 @@ def collect(spec: SweepSpec, store: ResultStore, any_version: bool = False
         v = metric.get(key)
         if v is not None:
             s.values.append(float(v))
+            s.keys.append(key)
         if key in loss and loss[key] is None:  # stored, with a non-finite loss
             s.non_finite += 1
         if p.key in other:
@@ -113,14 +126,69 @@ def is_grid(spec: SweepSpec) -> bool:
     return len(spec.blocks) == 1 and len(spec.blocks[0].axes) == 2
 
 
-def _cell(s: PointStats) -> str:
-    paper = "–" if s.paper is None else f"{s.paper:.2f}"
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_-]*)\}")
+
+
+def _has_placeholder(value: Any) -> bool:
+    return isinstance(value, str) and _PLACEHOLDER.search(value) is not None
+
+
+def resolved_label(point: Point, axis: str) -> str:
+    """The point's label on ``axis``, each ``{name}`` in it replaced by the point's label on
+    axis ``name`` or its value of field ``name`` (as the spec filled in its config)."""
+    labels = dict(point.labels)
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name in labels and name != axis:
+            return labels[name]
+        value = point.config.get(name)
+        return m.group(0) if value is None else str(value)
+
+    return _PLACEHOLDER.sub(sub, labels[axis])
+
+
+def item_label(points: Sequence[Point], axis: str, label: str) -> str:
+    """One display label for item ``label`` of ``axis`` (a column header, a legend entry).
+
+    A label without placeholders is itself. One with placeholders is resolved at every point
+    carrying it: if all agree, that value; otherwise (``{rule}`` in a column of a table whose
+    rows are rules) the placeholder is named in words: ``attack = rule`` for a label that is
+    only ``{rule}``, else the label with its braces dropped.
+    """
+    if not _has_placeholder(label):
+        return label
+    values = {resolved_label(p, axis) for p in points if dict(p.labels).get(axis) == label}
+    if len(values) == 1:
+        return values.pop()
+    whole = _PLACEHOLDER.fullmatch(label)
+    if whole:
+        return f"{axis} = {whole.group(1)}"
+    return _PLACEHOLDER.sub(lambda m: m.group(1), label)
+
+
+def has_paper(stats: Sequence[PointStats]) -> bool:
+    """Whether any point has a paper value (else no paper column or ``(paper –)`` is shown)."""
+    return any(s.paper is not None for s in stats)
+
+
+def value_text(s: PointStats) -> str:
+    """``mean ± std`` (``± std`` only with two or more trials), or ``–`` with no trial."""
     if not s.values:
-        return f"– (paper {paper})"
+        return "–"
+    return f"{s.mean:.3f} ± {s.std:.3f}" if s.has_spread else f"{s.mean:.3f}"
+
+
+def _cell(s: PointStats, paper: bool) -> str:
+    ref = ""
+    if paper:
+        ref = " (paper " + ("–" if s.paper is None else f"{s.paper:.2f}") + ")"
+    if not s.values:
+        return "–" + ref
     partial = f" [{len(s.values)}/{s.expected}]" if s.missing else ""
     mark = f" †{s.non_finite}" if s.non_finite else ""
     mark += f" ‡{s.other_version}" if s.other_version else ""
-    return f"{s.mean:.3f} ± {s.std:.3f}{partial}{mark} (paper {paper})"
+    return f"{value_text(s)}{partial}{mark}{ref}"
 
 
 NON_FINITE_NOTE = ("†n: in n trials the final global model's test cross-entropy was not finite "
@@ -143,20 +211,29 @@ def format_markdown(spec: SweepSpec, stats: list[PointStats], note: str = "") ->
                  "fedpoison's source: `fedpoison report --any-version` shows them, marked.")
     if note:
         lines += [note, ""]
+    paper = has_paper(stats)
+    points = [s.point for s in stats]
     if is_grid(spec):
         rows, cols = spec.blocks[0].axes
         by = {s.point.labels: s for s in stats}
-        lines.append("| | " + " | ".join(it.label for it in cols.items) + " |")
+        heads = [item_label(points, cols.name, c.label) for c in cols.items]
+        lines.append(f"| {rows.name} ↓ {cols.name} → | " + " | ".join(heads) + " |")
         lines.append("|---" * (len(cols.items) + 1) + "|")
         for r in rows.items:
-            cells = [_cell(by[((rows.name, r.label), (cols.name, c.label))]) for c in cols.items]
-            lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+            cells = [_cell(by[((rows.name, r.label), (cols.name, c.label))], paper)
+                     for c in cols.items]
+            lines.append(f"| {item_label(points, rows.name, r.label)} | "
+                         + " | ".join(cells) + " |")
     else:
         head = _head(spec)
-        lines.append("| " + " | ".join([*head, f"{spec.metric} (mean ± std)"]) + " |")
+        spread = " (mean ± std)" if any(s.has_spread for s in stats) else ""
+        lines.append("| " + " | ".join([*head, f"{spec.metric}{spread}"]) + " |")
         lines.append("|---" * (len(head) + 1) + "|")
         for s in stats:
-            lines.append("| " + " | ".join([*_labels(spec, s), _cell(s)]) + " |")
+            lines.append("| " + " | ".join([*_labels(spec, s), _cell(s, paper)]) + " |")
+    if any(s.has_spread for s in stats):
+        lines += ["", "± is the standard deviation over trials (population); a cell with one "
+                      "trial shows no ±: no spread was measured."]
     if any(s.non_finite for s in stats):
         lines += ["", NON_FINITE_NOTE]
     if any(s.other_version for s in stats):
@@ -165,17 +242,20 @@ def format_markdown(spec: SweepSpec, stats: list[PointStats], note: str = "") ->
 
 
 def format_csv(spec: SweepSpec, stats: list[PointStats]) -> str:
-    """One CSV line per point: its labels, ours_mean, ours_std, trials, paper, non_finite
-    (trials whose final test loss was not finite), other_version (trials computed by another
-    version of the source, with ``--any-version``)."""
+    """One CSV line per point: its labels, ours_mean, ours_std (empty below two trials: no
+    spread measured), trials, paper (only when the spec has paper values), non_finite (trials
+    whose final test loss was not finite), other_version (trials computed by another version
+    of the source, with ``--any-version``)."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow([*_head(spec), "ours_mean", "ours_std", "trials", "paper", "non_finite",
-                "other_version"])
+    paper = has_paper(stats)
+    w.writerow([*_head(spec), "ours_mean", "ours_std", "trials", *(["paper"] if paper else []),
+                "non_finite", "other_version"])
     for s in stats:
-        w.writerow([*_labels(spec, s), "" if not s.values else f"{s.mean:.6f}", f"{s.std:.6f}",
-                    len(s.values), "" if s.paper is None else s.paper, s.non_finite,
-                    s.other_version])
+        ref = ["" if s.paper is None else s.paper] if paper else []
+        w.writerow([*_labels(spec, s), "" if not s.values else f"{s.mean:.6f}",
+                    f"{s.std:.6f}" if s.has_spread else "", len(s.values), *ref,
+                    s.non_finite, s.other_version])
     return buf.getvalue()
 
 
@@ -207,6 +287,7 @@ def _labels(spec: SweepSpec, s: PointStats) -> list[str]:
         if i >= len(s.point.labels):
             cells.append("")
         else:
-            axis, label = s.point.labels[i]
+            axis, _ = s.point.labels[i]
+            label = resolved_label(s.point, axis)
             cells.append(label if name is not None else f"{axis}={label}")
     return cells
