@@ -80,3 +80,26 @@ def test_evaluate_counts_nonfinite_model_as_wrong() -> None:
     ev = task.evaluate(w)
     assert ev.error == 1.0
     assert ev.loss == float("inf")
+
+
+def test_train_on_is_plain_sgd_on_the_given_examples() -> None:
+    """The server's own training (FLTrust's root dataset): rounds of SGD on batches drawn
+    from (x, y), equal to a hand-written step of the closed-form LR gradient."""
+    from fedpoison.models.lr import LogisticRegression
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 3, generator=g), torch.randint(0, 2, (40,), generator=g)
+    ds = Dataset("t", x, y, x, y, 2)
+    part = Partition.from_owner(torch.zeros(40, dtype=torch.int64), 1)
+    task = Task(ds, LogisticRegression(3, 2), part, lr=0.5, batch_size=8)
+    w = torch.randn(8, generator=g)
+    got = task.train_on(w, x, y, 2, torch.Generator().manual_seed(3))
+    ref, g2 = w.clone(), torch.Generator().manual_seed(3)
+    for _ in range(2):
+        idx = torch.randperm(40, generator=g2)[:8]
+        A, b = ref[:6].view(2, 3), ref[6:]
+        p = torch.softmax(x[idx] @ A.T + b, 1)
+        p[torch.arange(8), y[idx]] -= 1
+        grad = torch.cat([(p.T @ x[idx] / 8).reshape(-1), p.mean(0)])
+        ref = ref - 0.5 * grad
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)

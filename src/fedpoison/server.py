@@ -28,11 +28,15 @@ class ServerData:
     """Examples the server holds (drawn from the test set, as the paper's defenses do).
 
     ``evaluate(models [n, d]) -> (error rates [n], cross-entropies [n])`` in one batched pass.
+    ``train(w, rounds, generator) -> w'``: the model after ``rounds`` local SGD steps from
+    ``w`` on mini-batches of these examples (the task's learning rate and batch size), as a
+    worker trains: what FLTrust's server does with its root dataset.
     """
 
     x: Tensor
     y: Tensor
     evaluate: Callable[[Tensor], tuple[Tensor, Tensor]]
+    train: Callable[[Tensor, int, torch.Generator], Tensor] | None = None
 
 
 @dataclass

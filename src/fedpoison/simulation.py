@@ -278,7 +278,10 @@ def _server_data(task: Task, cfg: RunConfig) -> ServerData:
     def evaluate(models: Tensor) -> tuple[Tensor, Tensor]:
         return task.evaluate_many(models, x_val, y_val)
 
-    return ServerData(x_val, y_val, evaluate)
+    def train(w: Tensor, rounds: int, g: torch.Generator) -> Tensor:
+        return task.train_on(w, x_val, y_val, rounds, g)
+
+    return ServerData(x_val, y_val, evaluate, train)
 
 
 def run(

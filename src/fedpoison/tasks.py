@@ -104,6 +104,19 @@ class Task:
             W.sub_(self.model.batched_grad(W, x, y, mask), alpha=self.lr)
         return W
 
+    def train_on(self, w: Tensor, x: Tensor, y: Tensor, rounds: int,
+                 generator: torch.Generator) -> Tensor:
+        """One model after ``rounds`` SGD steps from ``w`` on mini-batches of (x, y), drawn
+        without replacement each step (the server's own training, e.g. FLTrust's)."""
+        n = x.shape[0]
+        take = min(self.batch_size, n)
+        W = w.detach().clone().unsqueeze(0)
+        for _ in range(rounds):
+            idx = torch.randperm(n, generator=generator)[:take].to(x.device)
+            mask = torch.ones(1, take, dtype=torch.bool, device=x.device)
+            W.sub_(self.model.batched_grad(W, x[idx][None], y[idx][None], mask), alpha=self.lr)
+        return W[0]
+
     def evaluate_many(self, W: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Error rates and mean cross-entropies of k models W [k, d] on (x, y): two [k] tensors."""
         k = W.shape[0]
