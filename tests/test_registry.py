@@ -605,3 +605,28 @@ def test_detection_rates_from_defense_drops_and_rule_reports(clean_registry: lis
     from fedpoison.cli.run import diagnostics_line
 
     assert "compromised and" in diagnostics_line(r.diagnostics)
+
+
+def test_code_fingerprint_cache_gives_the_same_answer(tmp_path: Path) -> None:
+    """The normalized digests are cached by raw content in the cache folder: a fresh,
+    a warm and a corrupt cache give the same fingerprint."""
+    script = ("from fedpoison.provenance import code_fingerprint; print(code_fingerprint())")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "FEDPOISON_CACHE": str(tmp_path / "c")}
+
+    def fingerprint() -> str:
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env=env, check=True).stdout.strip()
+
+    cold = fingerprint()
+    cache = tmp_path / "c" / "provenance-v1.json"
+    assert cache.is_file() and len(json.loads(cache.read_text())) > 40
+    assert fingerprint() == cold
+    cache.write_text("{not json")
+    assert fingerprint() == cold
+    cache.chmod(0o444)
+    (tmp_path / "c").chmod(0o555)  # a cache that cannot be rewritten only costs time
+    try:
+        cache.write_text("[]") if os.access(cache, os.W_OK) else None
+        assert fingerprint() == cold
+    finally:
+        (tmp_path / "c").chmod(0o755)
