@@ -5,7 +5,9 @@ One iteration's local training is one SGD round of every worker: the per-worker 
 
 * ``batched``  — ``CNN.batched_grad``: all workers in one computation (fedpoison's path);
 * ``loop``     — a Python loop over workers, plain autograd through ``nn.Module`` layers;
-* ``vmap``     — naive ``torch.func.vmap(grad(...))`` over per-worker parameters.
+* ``vmap``     — naive ``torch.func.vmap(grad(...))`` over per-worker parameters;
+* ``adapter``  — the generic ``nn.Module`` adapter (``fedpoison.models.functional``) on the
+  same network: what a user's own module gets.
 
 They are timed interleaved (one of each per repeat, so that a change in machine load hits all
 of them alike) and reported as medians with IQR, beside the FLOP floor: the iteration's
@@ -35,8 +37,9 @@ import torch
 
 from fedpoison.models.batched import naive_vmap_grad, reference_batched_grad, tune_cpu_allocator
 from fedpoison.models.cnn import CNN
+from fedpoison.models.functional import ModuleModel
 
-METHODS = ("batched", "loop", "vmap")
+METHODS = ("batched", "loop", "vmap", "adapter")
 
 
 def setup(
@@ -53,8 +56,10 @@ def setup(
     x = torch.rand(m, batch, 1, 28, 28, generator=g)
     y = torch.randint(10, (m, batch), generator=g)
     mask = torch.ones(m, batch, dtype=torch.bool)
+    adapter = ModuleModel(model.torch_module, 10)
     fns: dict[str, Callable[[], object]] = {
         "batched": lambda: model.batched_grad(W, x, y, mask),
+        "adapter": lambda: adapter.batched_grad(W, x, y, mask),
         "loop": lambda: reference_batched_grad(model, W, x, y, mask),
         "vmap": lambda: naive_vmap_grad(model.reference_logits, W, x, y),
     }
