@@ -611,6 +611,15 @@ static ``num_classes`` and ``input_shape``. ``fedpoison.register_dataset`` also 
 held in memory (``train=``, ``test=``; :mod:`fedpoison.data.custom`)."""
 
 
+def import_submodules(package: str, path: Iterable[str]) -> None:
+    """Import every module of a component package (sorted by name), so that a component in a
+    new file registers itself without any other file naming it."""
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(list(path)), key=lambda i: i.name):
+        importlib.import_module(f"{package}.{info.name}")
+
+
 def get(kind: str, name: str) -> Any:
     """The spec of component ``name`` of ``kind`` (``ConfigError`` listing the allowed)."""
     if kind not in KINDS:

@@ -33,6 +33,7 @@ from fedpoison.aggregators.krum import (
     pairwise_sq_distances,
 )
 from fedpoison.aggregators.mean import check_mean, mean
+from fedpoison.registry import import_submodules
 
 __all__ = [
     "bulyan",
@@ -73,3 +74,7 @@ def check_aggregator(name: str, m: int, f: int, **options: Any) -> None:
     """Validate rule ``name`` with ``m`` models, ``f`` assumed Byzantine and ``options``,
     without data. Raises ``ValueError``."""
     get_aggregator(name, **options).check(m, f)
+
+# Every module of this package registers its components when imported: a new component needs
+# only its own file.
+import_submodules(__name__, __path__)

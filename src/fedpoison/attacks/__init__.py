@@ -26,6 +26,7 @@ from fedpoison.attacks.krum_attack import (
     solve_partial_krum_lambda,
 )
 from fedpoison.attacks.trimmed_mean_attack import trimmed_mean_attack
+from fedpoison.registry import import_submodules
 
 __all__ = [
     "AttackContext",
@@ -43,3 +44,7 @@ __all__ = [
     "solve_partial_krum_lambda",
     "trimmed_mean_attack",
 ]
+
+# Every module of this package registers its components when imported: a new component needs
+# only its own file.
+import_submodules(__name__, __path__)

@@ -7,11 +7,11 @@ Breast Cancer Wisconsin).
 
 from __future__ import annotations
 
-from fedpoison.data import breast_cancer, ch_mnist, cifar10, mnist  # noqa: F401  (registration)
 from fedpoison.data.base import Dataset
 from fedpoison.data.home import cache_home, data_home
 from fedpoison.data.partition import Partition, noniid_partition
 from fedpoison.data.registry import load
+from fedpoison.registry import import_submodules
 
 __all__ = [
     "Dataset",
@@ -21,3 +21,7 @@ __all__ = [
     "load",
     "noniid_partition",
 ]
+
+# Every module of this package registers its components when imported: a new component needs
+# only its own file.
+import_submodules(__name__, __path__)

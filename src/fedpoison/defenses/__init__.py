@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fedpoison.defenses.base import BoundDefense, Defense, DefenseContext
 from fedpoison.defenses.rejection import check_rejection, err, impacts, lfr, union
+from fedpoison.registry import import_submodules
 
 __all__ = [
     "BoundDefense",
@@ -20,3 +21,7 @@ __all__ = [
     "lfr",
     "union",
 ]
+
+# Every module of this package registers its components when imported: a new component needs
+# only its own file.
+import_submodules(__name__, __path__)

@@ -17,6 +17,7 @@ from fedpoison.models.functional import ModuleModel
 from fedpoison.models.lr import LogisticRegression
 from fedpoison.models.mlp import MLP
 from fedpoison.models.resnet20 import ResNet20
+from fedpoison.registry import import_submodules
 
 
 def build_model(name: str, dataset: Dataset) -> FlatModel:
@@ -33,3 +34,7 @@ def build_model(name: str, dataset: Dataset) -> FlatModel:
 
 __all__ = ["CNN", "MLP", "FlatModel", "LogisticRegression", "ModuleModel", "ResNet20",
            "build_model"]
+
+# Every module of this package registers its components when imported: a new component needs
+# only its own file.
+import_submodules(__name__, __path__)
