@@ -757,3 +757,21 @@ def test_bulyan_walk_is_the_reference_walk_on_a_far_tight_cluster() -> None:
     expected = closest_to_median_mean_sorted(sort_workers(W[chosen]), m - 4 * f)
     assert torch.equal(bulyan(W, f), expected)
 
+
+def test_mean_does_not_overflow_when_the_exact_mean_is_finite() -> None:
+    W = torch.full((2, 3), 2e38)
+    W[:, 1] = torch.tensor([3.4e38, -3.4e38])
+    W[:, 2] = torch.tensor([1.0, 2.0])
+    out = mean(W, 0)
+    assert torch.isfinite(out).all()
+    assert out.tolist() == [torch.tensor(2e38).item(), 0.0, 1.5]
+    # ordinary columns keep the float32 average bit for bit
+    R = rand_w(0, 9, 50)
+    R[:, 7] = 3e38
+    got = mean(R, 0)
+    keep = torch.arange(50) != 7
+    assert torch.equal(got[keep], R.mean(dim=0)[keep])
+    assert got[7].item() == torch.tensor(3e38).item()
+    # a genuinely infinite mean stays infinite, NaN stays NaN
+    assert mean(t32([[INF, 1.0], [1.0, NAN]]), 0).isinf()[0]
+    assert mean(t32([[INF, 1.0], [1.0, NAN]]), 0).isnan()[1]
