@@ -15,10 +15,17 @@ returns ``(A [d], B [k, d])`` with ``B[i] = rule(W without row i)``, sharing the
 * Krum: ONE distance matrix. Sort each row of it; the score of j without model i sums the
   n = (k − 1) − f − 2 smallest distances of row j other than to i: if i sits at position
   r ≤ n of the sorted row that is prefix(r) + suffix(r + 1) over the first n + 1 entries,
-  else prefix(n). One [k, k] matrix of scores, one first-argmin per column;
+  else prefix(n). One [k, k] matrix of scores, one first-argmin per column. As in ``krum``,
+  each Gram score is an interval; a column where several intervals reach the smallest upper
+  end is decided by the float64 reference scores of those models (exact distances, computed
+  once per row), so every pick is the one ``krum`` makes on the k − 1 models;
 * Bulyan: a loop over i of Bulyan's repeated-Krum selection on submatrices of ONE distance
-  matrix, then a sort of the θ selected rows per i (O(k) rule calls minus the Gram; Bulyan is
-  not in the paper's Table 6, see docs/choices.md, "Defenses").
+  matrix (refined exactly on near-ties as in ``bulyan``, exact rows shared by all i), then a
+  sort of the θ selected rows per i (O(k) rule calls minus the Gram; Bulyan is not in the
+  paper's Table 6, see docs/choices.md, "Defenses").
+
+A is the rule itself on all k models (for the mean: float32, float64 only in columns whose
+float32 sum overflows, as ``aggregators.mean``).
 
 Sums are formed from prefix and suffix sums, never by subtracting a model from a total, so a
 huge hostile value (say 1e30) cannot cancel away the benign values next to it. Coordinate
@@ -39,17 +46,19 @@ import torch
 from torch import Tensor
 
 from fedpoison.aggregators import (
-    bulyan_select,
     check_aggregator,
-    closest_to_median_mean_sorted,
     get_aggregator,
-    krum_scores,
+    mean,
     median_sorted,
-    pairwise_sq_distances,
-    sort_workers,
     trimmed_mean_sorted,
 )
-from fedpoison.aggregators.bulyan import check_bulyan
+from fedpoison.aggregators.bulyan import _bulyan_exact, check_bulyan
+from fedpoison.aggregators.krum import (
+    _exact_scores,
+    _ExactDistances,
+    _krum_pick,
+    _score_bounds,
+)
 
 __all__ = [
     "LEAVE_ONE_OUT_RULES",
@@ -194,7 +203,7 @@ def _exclusive_sums(X: Tensor, dim: int = 0) -> Tensor:
 
 def _mean(W: Tensor) -> tuple[Tensor, Tensor]:
     k, d = W.shape
-    A = W.mean(dim=0)
+    A = mean(W, 0)  # the rule itself: float32, float64 only where float32 overflows
     B = torch.empty_like(W)
     for c0, c1 in _chunks(k, d):
         X = W[:, c0:c1].to(torch.float64)
@@ -266,34 +275,58 @@ def _first_argmin_columns(E: Tensor) -> Tensor:
 
 def _krum(W: Tensor, f: int) -> tuple[Tensor, Tensor]:
     k = W.shape[0]
-    D2 = pairwise_sq_distances(W)
-    scores = krum_scores(D2, f)
-    a = int(torch.nonzero(scores == scores.min())[0, 0])  # ties -> smallest index
+    dist = _ExactDistances(W)
+    a = _krum_pick(dist, f)
     n = (k - 1) - f - 2  # neighbours among the k - 1 models left
-    off = D2.clone()
+    off = dist.D2.clone()
     off.fill_diagonal_(torch.inf)
     s, order = torch.sort(off, dim=1, stable=True)
     head = s[:, : n + 1]  # the n + 1 nearest: removing one of them leaves the other n
     excl = _exclusive_sums(head, dim=1)  # [k, n+1]: row j's n nearest without head[j, t]
-    at = torch.arange(k, device=D2.device).clamp_(max=n)  # position beyond n -> first n
+    at = torch.arange(k, device=off.device).clamp_(max=n)  # position beyond n -> first n
     E = torch.empty_like(off).scatter_(1, order, excl.index_select(1, at))  # E[j, i]
     picks = _first_argmin_columns(E)  # E[j, i]: score of j without i; column i -> B_i
+    picks = _refine_columns(dist, E, picks, n)
     return W[a].clone(), W.index_select(0, picks)
+
+
+def _refine_columns(dist: _ExactDistances, E: Tensor, picks: Tensor, n: int) -> Tensor:
+    """Krum's pick without model i, for every column i of ``E`` [k, k] (``E[j, i]``: the
+    Gram score of j without i, ``n`` neighbours), made that of the float64 reference.
+
+    As in ``krum``: each score is an interval (``_score_bounds``); where several models'
+    intervals reach a column's smallest upper end, their scores without i are recomputed
+    from exact distances (ties -> smallest index). Other columns keep the Gram pick.
+    """
+    k = E.shape[0]
+    Eh = E.detach().to("cpu", torch.float64).numpy()
+    lo, hi = _score_bounds(Eh, dist.norms[:, None], n, dist.d, k)
+    diag = np.eye(k, dtype=bool)
+    lo[diag] = np.inf
+    hi[diag] = np.inf
+    cand = lo <= hi.min(axis=0, keepdims=True)
+    cand &= np.isfinite(hi.min(axis=0, keepdims=True))  # all +inf: the Gram pick stands
+    ambiguous = cand.sum(axis=0) > 1
+    if not ambiguous.any():
+        return picks
+    js, cols = np.nonzero(cand & ambiguous[None, :])
+    R = dist.exact_rows(js)
+    excluded = np.zeros_like(R, dtype=bool)
+    excluded[np.arange(len(js)), cols] = True  # without model i
+    exact = _exact_scores(R, js, n, excluded)
+    out = picks.detach().cpu().numpy().copy()
+    first = np.lexsort((js, exact, cols))  # by column, then score, then index
+    starts = np.flatnonzero(np.r_[True, cols[first][1:] != cols[first][:-1]])
+    out[cols[first][starts]] = js[first][starts]
+    return torch.from_numpy(out).to(picks.device)
 
 
 def _bulyan(W: Tensor, f: int, theta: int | None, gamma: int | None) -> tuple[Tensor, Tensor]:
     k = W.shape[0]
-    D2 = pairwise_sq_distances(W)
-
-    def aggregate(index: Tensor, th: int, ga: int) -> Tensor:
-        at = index.to(D2.device)
-        sub = D2.index_select(0, at).index_select(1, at)
-        chosen = index[torch.tensor(bulyan_select(sub, f, th))].to(W.device)
-        return closest_to_median_mean_sorted(sort_workers(W.index_select(0, chosen)), ga)
-
+    dist = _ExactDistances(W)
     th, ga = check_bulyan(k, f, theta, gamma)
-    A = aggregate(torch.arange(k), th, ga)
+    A = _bulyan_exact(dist, np.arange(k), f, th, ga)
     th, ga = check_bulyan(k - 1, f, theta, gamma)
-    everyone = torch.arange(k)
-    B = torch.stack([aggregate(everyone[everyone != i], th, ga) for i in range(k)])
+    everyone = np.arange(k)
+    B = torch.stack([_bulyan_exact(dist, everyone[everyone != i], f, th, ga) for i in range(k)])
     return A, B
