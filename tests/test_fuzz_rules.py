@@ -20,6 +20,7 @@ index). Values are compared to within float32 rounding of the float64 reference.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections.abc import Callable
 
@@ -27,12 +28,19 @@ import numpy as np
 import pytest
 import torch
 
-from fedpoison.aggregators import AGGREGATORS, check_aggregator, krum_select
+from fedpoison.aggregators import AGGREGATORS, check_aggregator, coordinate, krum_select
 from fedpoison.aggregators.bulyan import _exact_selection, check_bulyan
 from fedpoison.aggregators.krum import _ExactDistances
+from fedpoison.attacks import MODEL_ATTACKS, AttackContext, AttackOptions
+from fedpoison.defenses import DEFENSES, DefenseContext, check_defense
+from fedpoison.defenses import leave_one_out as loo
 
 #: Random matrices per family and rule.
 N_PER_FAMILY = 40
+
+#: Random matrices (each through every rule, leave-one-out, defense, or attack) in the
+#: no-warning tests.
+N_NEVER_WARN = 15
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -359,3 +367,85 @@ def test_hostile_rows_never_crash(name: str, family: str) -> None:
             check(X, f, True)
         except AssertionError as e:
             raise AssertionError(f"{what}: {e}") from e
+
+
+# ------------------------------------------- any number of hostile rows: no RuntimeWarning
+
+
+def hostile_matrix(rng: np.random.Generator, m: int, d: int) -> np.ndarray:
+    """Ordinary rows of which any number (0 .. m) are hostile."""
+    X = rng.standard_normal((m, d)).astype(np.float32)
+    return with_hostile_rows(rng, X, m) if rng.random() < 0.5 else _all_hostile(rng, X)
+
+
+def _all_hostile(rng: np.random.Generator, X: np.ndarray) -> np.ndarray:
+    X = X.copy()
+    for i in rng.choice(len(X), size=int(rng.integers(0, len(X) + 1)), replace=False):
+        X[i] = rng.choice(HOSTILE, X.shape[1])
+    return X
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("numpy_on_cpu", [True, False])
+def test_rules_and_leave_one_out_never_warn(numpy_on_cpu: bool,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rules, leave-one-out and the defenses on matrices with any number of NaN / +-Inf /
+    +-1e38 rows: an output (possibly non-finite when more than f rows are hostile) and no
+    NumPy RuntimeWarning."""
+    monkeypatch.setattr(coordinate, "NUMPY_ON_CPU", numpy_on_cpu)
+    monkeypatch.setattr(loo, "NUMPY_ON_CPU", numpy_on_cpu)
+
+    def evaluate(models: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        score = models.double().abs().sum(dim=1)
+        return score, score
+
+    for t in range(N_NEVER_WARN):
+        rng = np.random.default_rng([9, t])
+        f = int(rng.integers(0, 3))
+        d = int(rng.integers(1, 6))
+        for name, rule in AGGREGATORS.items():
+            m = min_workers(name, f) + 1 + int(rng.integers(0, 3))
+            W = torch.from_numpy(hostile_matrix(rng, m, d))
+            rule(W, f)
+            if name in loo.LEAVE_ONE_OUT_RULES:
+                try:
+                    loo.check_leave_one_out(name, m, f)
+                except ValueError:
+                    continue
+                loo.with_and_without(name, W, f)
+                for label, defense in DEFENSES.items():
+                    try:
+                        check_defense(label, name, m, f)
+                    except ValueError:
+                        continue
+                    if defense is not None:
+                        defense(DefenseContext(W=W, f=f, rule=name, beta=None,
+                                               evaluate=evaluate))
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_model_attacks_never_warn() -> None:
+    """Every model attack, knowledge, goal and direction estimator on before-attack models
+    with any number of hostile rows: crafted models or a ValueError (the Krum attack refuses
+    non-finite models), never a NumPy RuntimeWarning."""
+    for t in range(N_NEVER_WARN):
+        rng = np.random.default_rng([10, t])
+        m = int(rng.integers(6, 12))
+        c = int(rng.integers(1, m // 2))
+        d = int(rng.integers(1, 6))
+        W = torch.from_numpy(hostile_matrix(rng, m, d))
+        w_re = torch.from_numpy(rng.standard_normal(d).astype(np.float32))
+        for name, attack in MODEL_ATTACKS.items():
+            for knowledge in ("full", "partial"):
+                for goal in ("directed", "deviation"):
+                    for direction in ("mean", "rule"):
+                        ctx = AttackContext(
+                            compromised=W[:c], benign=W[c:] if knowledge == "full" else None,
+                            w_re=w_re, m=m, knowledge=knowledge,  # type: ignore[arg-type]
+                            assumed_rule="mean" if name == "gaussian" else name, f=c,
+                            generator=torch.Generator().manual_seed(t),
+                            options=AttackOptions(goal=goal,  # type: ignore[arg-type]
+                                                  direction=direction),  # type: ignore[arg-type]
+                        )
+                        with contextlib.suppress(ValueError):
+                            attack(ctx)
