@@ -192,13 +192,14 @@ class _ExactDistances:
         if len(todo):
             X = self.W.cpu().numpy()
             # Identical rows have identical distance rows: compute one per distinct content.
-            _, first, inverse = np.unique(X[todo], axis=0, return_index=True,
-                                          return_inverse=True)
-            R = _exact_sq_distance_rows(X, todo[first])
-            for i, u in zip(todo.tolist(), inverse.reshape(-1).tolist(), strict=True):
-                r = R[u].copy()
-                r[i] = 0.0  # equal to the representative's entry at i (0): set it exactly
-                self._rows[i] = r
+            groups: dict[bytes, list[int]] = {}
+            for i in todo.tolist():
+                groups.setdefault(X[i].tobytes(), []).append(i)
+            R = _exact_sq_distance_rows(X, np.array([g[0] for g in groups.values()]))
+            for r, group in zip(R, groups.values(), strict=True):
+                for i in group:
+                    self._rows[i] = r.copy()
+                    self._rows[i][i] = 0.0  # the representative's entry there is 0 too
         if not wanted:
             return np.empty((0, self.m))
         return np.stack([self._rows[i] for i in wanted])
