@@ -116,6 +116,11 @@ def pairwise_sq_distances(W: Tensor) -> Tensor:
     return _gram(W)[0]
 
 
+def _bound_constants(k: int, d: int, m: int) -> tuple[float, float]:
+    """``(1.1 k kappa, rho)`` of ``_score_bounds``."""
+    return 1.1 * k * 2.0 * (d + 8) * _U64, 2.0 * (d + m + 4) * _U64
+
+
 def _score_bounds(
     s: np.ndarray, norms: np.ndarray, k: int, d: int, m: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -131,8 +136,7 @@ def _score_bounds(
     rounding (a sum of ``d`` squares, then of ``k`` distances) and for that of ``s``.
     A non-finite score is its own bound.
     """
-    kap = 1.1 * k * 2.0 * (d + 8) * _U64
-    rho = 2.0 * (d + m + 4) * _U64
+    kap, rho = _bound_constants(k, d, m)
     with np.errstate(invalid="ignore", over="ignore"):
         hi = (s + kap * (2.0 * norms + np.sqrt(s)) ** 2) * (1.0 + rho)
         lo = (s - kap * (2.0 * norms + np.sqrt(hi)) ** 2) * (1.0 - rho)
@@ -228,15 +232,21 @@ def _refine_pick(dist: _ExactDistances, s: np.ndarray, g: int, k: int,
     """
     if not np.isfinite(s[g]):
         return g
-    n_all = len(s)
-    index = np.arange(n_all) if index is None else index
-    alive = np.ones(n_all, dtype=bool) if alive is None else alive
-    lo, hi = _score_bounds(s, dist.norms[index], k, dist.d, n_all)
-    cand = np.flatnonzero(alive & (lo <= hi[alive].min()))
+    # _score_bounds on the finite scores only (the per-step fast path of Bulyan)
+    ok = np.isfinite(s) if alive is None else alive & np.isfinite(s)
+    rows = np.flatnonzero(ok)
+    t = s[rows]
+    n = dist.norms[rows if index is None else index[rows]]
+    kap, rho = _bound_constants(k, dist.d, len(s))
+    hi = (t + kap * (2.0 * n + np.sqrt(t)) ** 2) * (1.0 + rho)
+    lo = (t - kap * (2.0 * n + np.sqrt(hi)) ** 2) * (1.0 - rho)
+    cand = rows[lo <= hi.min()]
     if len(cand) <= 1:
         return g
+    index = np.arange(len(s)) if index is None else index
     R = dist.exact_rows(index[cand])[:, index]
-    exact = _exact_scores(R, cand, k, excluded=np.broadcast_to(~alive, R.shape))
+    excluded = None if alive is None else np.broadcast_to(~alive, R.shape)
+    exact = _exact_scores(R, cand, k, excluded)
     return int(cand[np.flatnonzero(exact == exact.min())[0]])
 
 
