@@ -137,10 +137,13 @@ def _score_bounds(
     A non-finite score is its own bound.
     """
     kap, rho = _bound_constants(k, d, m)
+    finite = np.isfinite(s)
+    if finite.all():  # the usual case: no inf - inf to guard against
+        hi = (s + kap * (2.0 * norms + np.sqrt(s)) ** 2) * (1.0 + rho)
+        return (s - kap * (2.0 * norms + np.sqrt(hi)) ** 2) * (1.0 - rho), hi
     with np.errstate(invalid="ignore", over="ignore"):
         hi = (s + kap * (2.0 * norms + np.sqrt(s)) ** 2) * (1.0 + rho)
         lo = (s - kap * (2.0 * norms + np.sqrt(hi)) ** 2) * (1.0 - rho)
-    finite = np.isfinite(s)
     return np.where(finite, lo, s), np.where(finite, hi, s)
 
 

@@ -151,6 +151,11 @@ class KrumProblem:
         ``copies`` values ``e_i``. The others' distances are the Gram matrix's (estimates;
         ``selects`` decides exactly).
         """
+        crafted, others, _, _ = self._scores(lams, copies, f)
+        return crafted, others
+
+    def _scores(self, lams: Tensor, copies: int, f: int) -> tuple[Tensor, Tensor, Tensor, int]:
+        """``scores`` plus the distances ``e`` [T, n_o] and Krum's neighbour count ``k``."""
         k = self.neighbours(copies, f)
         e = self.distances(lams)  # [T, n_o]
         T = e.shape[0]
@@ -160,7 +165,7 @@ class KrumProblem:
         else:
             crafted = torch.topk(e, q, dim=1, largest=False).values.sum(dim=1)
         others = _merged_scores(self.sorted, self.prefix, e.T.contiguous(), k, copies)
-        return crafted, others.T
+        return crafted, others.T, e, k
 
     def selects(self, lams: Tensor, copies: int, f: int) -> Tensor:
         """Whether Krum selects ``w'₁`` (score strictly below every other model's), per λ.
@@ -169,10 +174,9 @@ class KrumProblem:
         the answer; for the other λ, the other models whose score could be at or below
         ``w'₁``'s are rescored from their float64 reference distances.
         """
-        crafted, others = self.scores(lams, copies, f)
+        crafted, others, e, k = self._scores(lams, copies, f)
         c = crafted.detach().cpu().numpy()
         o = others.detach().cpu().numpy()
-        k = self.neighbours(copies, f)
         lo, hi = _score_bounds(o, self._dist.norms[None, :], k, self._dist.d,
                                copies + self.n_others)
         yes = c < lo.min(axis=1)
@@ -184,8 +188,8 @@ class KrumProblem:
             srt = torch.from_numpy(np.sort(R, axis=1)[:, : self.n_others - 1].copy())
             zeros = torch.zeros((len(rows), 1), dtype=torch.float64)
             prefix = torch.cat([zeros, srt.cumsum(dim=1)], dim=1)
-            e = self.distances(lams).cpu()[:, torch.from_numpy(rows)]
-            exact = _merged_scores(srt, prefix, e.T.contiguous(), k, copies).numpy()
+            e_rows = e.cpu()[:, torch.from_numpy(rows)]
+            exact = _merged_scores(srt, prefix, e_rows.T.contiguous(), k, copies).numpy()
             yes[unsure] = c[unsure] < exact[:, unsure].min(axis=0)
         return torch.from_numpy(yes).to(crafted.device)
 
