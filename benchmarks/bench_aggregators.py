@@ -3,11 +3,13 @@
     PYTHONPATH=src python benchmarks/bench_aggregators.py [--repeats N] [--quick]
 
 Shapes: 100 x 7850 (logistic regression on MNIST) and 100 x 270k (about the paper's CNN,
-Table 7a). For each rule, and for the building blocks (the float64 distance matrix and the
-sort along the worker axis, NumPy vs torch), prints the median and the inter-quartile range
-of repeated timings in milliseconds. On a machine shared with other jobs, torch's thread
-pool suffers most (a 100 x 7850 mean went from 0.07 ms to 8 ms at load 2.8 on 2 cores):
-check the load average printed in the header, or compare with ``--threads 1``.
+Table 7a). For each rule on Gaussian rows, Krum and Bulyan also on an ill-conditioned input
+(``far_tight``: the cost of their exact path), and for the building blocks (the float64
+distance matrix and the sort along the worker axis, NumPy vs torch), prints the median and
+the inter-quartile range of repeated timings in milliseconds. On a machine shared with
+other jobs, torch's thread pool suffers most (a 100 x 7850 mean went from 0.07 ms to 8 ms
+at load 2.8 on 2 cores): check the load average printed in the header, or compare with
+``--threads 1``.
 """
 
 from __future__ import annotations
@@ -32,12 +34,29 @@ def summary(ts: np.ndarray) -> tuple[float, float]:
     return float(med), float(q3 - q1)
 
 
+def far_tight(d: int) -> torch.Tensor:
+    """An ill-conditioned input: all rows within one float32 ulp per coordinate of a point
+    ~1e3 per coordinate from the origin, the middle-norm half mirrored through the origin.
+    The Gram distances are far off, so Krum and Bulyan recompute their near-ties exactly:
+    the cost of the exact path (duplicates of a row are computed once, so this is about
+    the worst case)."""
+    rng = np.random.default_rng(1)
+    base = (rng.standard_normal(d) * 1e3).astype(np.float32)
+    X = base + rng.integers(-1, 2, (M, d)).astype(np.float32) * np.spacing(np.abs(base))
+    order = np.argsort(np.linalg.norm(X.astype(np.float64), axis=1), kind="stable")
+    X[order[M // 4 : 3 * M // 4]] *= -1
+    return torch.from_numpy(X.astype(np.float32))
+
+
 def bench_shape(label: str, d: int, repeats: int) -> None:
     W = torch.from_numpy(np.random.default_rng(0).standard_normal((M, d)).astype(np.float32))
     A = W.numpy()
     cases: dict[str, Callable[[], object]] = {
         name: (lambda rule=rule: rule(W, F)) for name, rule in AGGREGATORS.items()
     }
+    H = far_tight(d)
+    cases["krum, far tight cluster"] = lambda: AGGREGATORS["krum"](H, F)
+    cases["bulyan, far tight cluster"] = lambda: AGGREGATORS["bulyan"](H, F)
     cases["pairwise_sq_distances"] = lambda: pairwise_sq_distances(W)
     cases["np.sort (axis 0)"] = lambda: np.sort(A, axis=0)
     cases["torch.sort (dim 0)"] = lambda: torch.sort(W, dim=0)

@@ -29,6 +29,8 @@ from fedpoison.aggregators import (
     sort_workers,
     trimmed_mean,
 )
+from fedpoison.aggregators.bulyan import _exact_selection
+from fedpoison.aggregators.krum import _ExactDistances
 
 #: The paper's rules (registered in their own modules), by name.
 PAPER_RULES = ("mean", "krum", "bulyan", "trimmed-mean", "median")
@@ -714,3 +716,77 @@ def test_pairwise_distances_nonnegative_symmetric_for_close_large_rows() -> None
     D2 = pairwise_sq_distances(torch.from_numpy(np.vstack([small, far])))
     assert (D2 >= 0).all()
     assert torch.equal(D2, D2.T)
+
+
+# ---------------------------------------------------------------- ill-conditioned inputs
+
+
+def far_tight_example(seed: int, m: int, d: int, flips: int) -> np.ndarray:
+    """``m`` rows within one float32 ulp per coordinate of a point ~1e3 per coordinate from
+    the origin; the ``flips`` rows of median norm are mirrored through the origin, so the
+    Gram matrix is centred ~2e3 per coordinate away from the tight cluster."""
+    rng = np.random.default_rng([11, seed])
+    base = (rng.standard_normal(d) * 1e3).astype(np.float32)
+    steps = rng.integers(-1, 2, (m, d)).astype(np.float32)
+    X = (base + steps * np.spacing(np.abs(base))).astype(np.float32)
+    order = np.argsort(np.linalg.norm(X.astype(np.float64), axis=1), kind="stable")
+    lo = (m - 1) // 2 - (flips - 1) // 2
+    X[order[lo : lo + flips]] *= -1
+    return X
+
+
+def ref_scores_on(X: np.ndarray, alive: list[int], k: int) -> dict[int, float]:
+    """Float64 reference Krum scores (direct differences) of the rows in ``alive``."""
+    D = ((X.astype(np.float64)[:, None] - X.astype(np.float64)[None]) ** 2).sum(-1)
+    return {
+        i: float(np.sort(np.array([D[i, j] for j in alive if j != i]))[:k].sum()) for i in alive
+    }
+
+
+def test_krum_selects_the_reference_row_on_a_far_tight_cluster() -> None:
+    # m = 5, f = 0, d = 10: the Gram distances are off by up to ~30% here; Krum used to pick
+    # a row whose exact score is 24% above the minimum.
+    X = far_tight_example(2164, 5, 10, 1)
+    W = torch.from_numpy(X)
+    exact = ((X.astype(np.float64)[:, None] - X.astype(np.float64)[None]) ** 2).sum(-1)
+    gram = pairwise_sq_distances(W).numpy()
+    off = exact > 0
+    assert np.max(np.abs(gram[off] - exact[off]) / exact[off]) > 0.1  # the shortcut's error
+    scores = ref_scores_on(X, list(range(5)), 3)
+    assert krum_select(W, 0) == min(scores, key=lambda i: (scores[i], i))
+
+
+def test_bulyan_walk_is_the_reference_walk_on_a_far_tight_cluster() -> None:
+    # m = 7, f = 1, d = 10: Bulyan's first step used to take a row 20% above the minimum.
+    m, f = 7, 1
+    X = far_tight_example(1046, m, 10, 2)
+    W = torch.from_numpy(X)
+    walk = _exact_selection(_ExactDistances(W), np.arange(m), f, m - 2 * f).tolist()
+    alive = list(range(m))
+    for pick in walk:
+        n = len(alive)
+        scores = ref_scores_on(X, alive, min(max(1, n - f - 2), n - 1))
+        assert pick == min(scores, key=lambda i: (scores[i], i))
+        alive.remove(pick)
+    chosen = torch.tensor(walk)
+    expected = closest_to_median_mean_sorted(sort_workers(W[chosen]), m - 4 * f)
+    assert torch.equal(bulyan(W, f), expected)
+
+
+def test_mean_does_not_overflow_when_the_exact_mean_is_finite() -> None:
+    W = torch.full((2, 3), 2e38)
+    W[:, 1] = torch.tensor([3.4e38, -3.4e38])
+    W[:, 2] = torch.tensor([1.0, 2.0])
+    out = mean(W, 0)
+    assert torch.isfinite(out).all()
+    assert out.tolist() == [torch.tensor(2e38).item(), 0.0, 1.5]
+    # ordinary columns keep the float32 average bit for bit
+    R = rand_w(0, 9, 50)
+    R[:, 7] = 3e38
+    got = mean(R, 0)
+    keep = torch.arange(50) != 7
+    assert torch.equal(got[keep], R.mean(dim=0)[keep])
+    assert got[7].item() == torch.tensor(3e38).item()
+    # a genuinely infinite mean stays infinite, NaN stays NaN
+    assert mean(t32([[INF, 1.0], [1.0, NAN]]), 0).isinf()[0]
+    assert mean(t32([[INF, 1.0], [1.0, NAN]]), 0).isnan()[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -362,3 +363,44 @@ def test_full_knowledge_needs_benign_and_valid_krum() -> None:
         craft("krum", bad)
     with pytest.raises(ValueError, match="krum"):
         craft("krum", context(w_re, W, f=14))  # m = 30 ≤ 2f + 2
+
+
+# ---------------------------------------------------------------- ill-conditioned others
+
+
+def test_selects_matches_float64_reference_on_far_tight_others() -> None:
+    """The others form a tight cluster (one float32 ulp per coordinate) ~1e3 per coordinate
+    from the origin, two of them mirrored through it, so their Gram distances are far off;
+    w'₁ sweeps from inside the cluster outwards. ``selects`` must agree with Krum computed
+    paper-literally (float64 direct differences) on the assembled matrix wherever the
+    reference decision is not a rounding-level tie."""
+    def reference(others: np.ndarray, w1: np.ndarray, copies: int, f: int) -> tuple[bool, float]:
+        A = np.vstack([np.repeat(w1[None], copies, 0), others.astype(np.float64)])
+        D = ((A[:, None] - A[None]) ** 2).sum(-1)
+        np.fill_diagonal(D, np.inf)
+        sc = np.sort(D, axis=1)[:, : len(A) - f - 2].sum(axis=1)
+        best_other = sc[copies:].min()
+        return bool(sc[0] < best_other), abs(sc[0] - best_other) / max(sc[0], best_other)
+
+    n_o, d = 8, 16
+    checked = 0
+    for seed in range(30):
+        rng = np.random.default_rng([31, seed])
+        base = (rng.standard_normal(d) * 1e3).astype(np.float32)
+        steps = rng.integers(-1, 2, (n_o, d)).astype(np.float32)
+        X = (base + steps * np.spacing(np.abs(base))).astype(np.float32)
+        order = np.argsort(np.linalg.norm(X.astype(np.float64), axis=1), kind="stable")
+        X[order[(n_o - 1) // 2 : (n_o - 1) // 2 + 2]] *= -1
+        copies = int(rng.integers(1, 4))
+        f = int(rng.integers(0, (copies + n_o - 3) // 2 + 1))
+        w_re = torch.from_numpy(X[rng.integers(0, n_o)].copy())
+        s = torch.from_numpy(np.sign(rng.standard_normal(d)).astype(np.float32))
+        lams = torch.from_numpy(np.geomspace(1e-7, 1e-2, 40))
+        got = KrumProblem(torch.from_numpy(X), w_re, s).selects(lams, copies, f)
+        for t, lam in enumerate(lams.tolist()):
+            w1 = w_re.double().numpy() - lam * s.double().numpy()
+            expected, margin = reference(X, w1, copies, f)
+            if margin > 1e-6:
+                checked += 1
+                assert bool(got[t]) == expected, (seed, lam, copies, f)
+    assert checked > 500

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
 
 from fedpoison import registry
+from fedpoison.aggregators import get_aggregator
 from fedpoison.aggregators import leave_one_out as loo
 from fedpoison.data.base import Dataset
 from fedpoison.data.partition import Partition
@@ -21,6 +23,7 @@ from fedpoison.server import (
     loop_with_and_without,
 )
 from fedpoison.tasks import Task
+from test_fuzz_rules import FAMILIES, min_workers
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -129,6 +132,29 @@ def test_leave_one_out_hostile_rows(
     W[3, ::2] = value  # one hostile row, partly normal
     W[5, 7] = value  # a second one, in one coordinate only
     _check_equal(rule, W, f, beta)
+
+
+@pytest.mark.parametrize("family", ["far-tight", "mirrored", "duplicates", "exact-ties"])
+@pytest.mark.parametrize("rule", ["krum", "bulyan"])
+def test_leave_one_out_equals_loop_on_ill_conditioned_families(rule: str, family: str) -> None:
+    """Batched Krum / Bulyan without each model pick what the rule picks on the k - 1
+    models, where the Gram distances are far off (far tight clusters) or scores tie exactly
+    (mirrored, duplicate rows, small integers)."""
+    for t in range(12):
+        rng = np.random.default_rng([21, t])
+        f = int(rng.integers(0, 3))
+        k = min_workers(rule, f) + 1 + int(rng.integers(0, 3))
+        W = torch.from_numpy(FAMILIES[family](rng, k, f, int(rng.integers(1, 12))))
+        _check_equal(rule, W, f, None)
+
+
+def test_leave_one_out_mean_agrees_with_the_rule_when_float32_overflows() -> None:
+    W = torch.full((3, 4), 2e38)
+    W[:, 1] = torch.tensor([3e38, 3e38, -3e38])
+    A, B = with_and_without("mean", W, 0)
+    assert torch.isfinite(A).all() and torch.isfinite(B).all()
+    assert torch.equal(A, get_aggregator("mean")(W, 0))
+    _check_equal("mean", W, 0, None)
 
 
 @pytest.mark.parametrize("rule", ["mean", "trimmed-mean", "median"])

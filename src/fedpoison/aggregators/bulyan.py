@@ -3,13 +3,17 @@
 Stage 1 selects ``theta`` (default ``m - 2f``) models by repeated Krum: score the remaining
 models with Krum, move the best one (ties -> smallest index) to the selection, repeat. All
 steps read one distance matrix (each row sorted once, removed models masked out);
-distances are never recomputed. Krum inside Bulyan uses the same ``f`` as the server; with
+Gram distances are never recomputed. Krum inside Bulyan uses the same ``f`` as the server; with
 ``n`` models remaining it sums the squared distances to the ``max(1, n - f - 2)`` nearest
 others (capped at ``n - 1``; a single remaining model is taken as is). The plain
 ``n - f - 2`` would reach 0 or below in the last steps: with ``theta = m - 2f`` the last
 step has ``n = 2f + 1``, i.e. ``f - 1`` neighbours, 0 for ``f = 1``, and every score would
 be 0. With one neighbour (``f <= 2`` in the last steps) the closest remaining pair always
 ties, so for such small ``f`` the selection, and the output, depend on the row order.
+
+Exactness: ``bulyan`` takes, at every step, the pick of the float64 reference (direct
+differences); the Gram scores decide wherever their error bound separates the best model
+from the rest, and near-ties are recomputed exactly (see ``krum``'s module doc).
 
 Stage 2 aggregates the selected models coordinate-wise: per coordinate, the mean of the
 ``gamma`` (default ``theta - 2f``) values closest to the median of the ``theta`` selected
@@ -32,7 +36,7 @@ import torch
 from torch import Tensor
 
 from fedpoison.aggregators.coordinate import closest_to_median_mean_sorted, sort_workers
-from fedpoison.aggregators.krum import pairwise_sq_distances
+from fedpoison.aggregators.krum import _ExactDistances, _refine_pick
 from fedpoison.aggregators.leave_one_out import check_leave_one_out_count
 from fedpoison.aggregators.mean import check_count, check_matrix
 from fedpoison.registry import Option, register_rule
@@ -82,13 +86,25 @@ def bulyan_select(D2: Tensor, f: int, theta: int) -> list[int]:
     remaining models, ``n`` = remaining, and takes the smallest score (ties -> smallest
     index), as ``krum_scores`` would on the submatrix of the remaining models. Each row of
     ``D2`` is sorted once; a step then only masks out removed models (``m x m`` work).
+    ``D2`` is taken as it is; ``bulyan`` also refines near-ties to the float64 reference.
     """
     m = D2.shape[0]
     if D2.dim() != 2 or D2.shape[1] != m:
         raise ValueError(f"bulyan: D2 must be a square matrix, got shape {tuple(D2.shape)}")
     if not 1 <= theta <= m:
         raise ValueError(f"bulyan: needs 1 <= theta <= m, got m={m}, f={f}, theta={theta}")
-    D = D2.detach().to("cpu", torch.float64).numpy()  # m x m: cheap on the host
+    return _select(D2.detach().to("cpu", torch.float64).numpy(), f, theta)
+
+
+def _select(D: np.ndarray, f: int, theta: int, dist: _ExactDistances | None = None,
+            index: np.ndarray | None = None) -> list[int]:
+    """Repeated Krum on the host matrix ``D`` (see ``bulyan_select``); local indices.
+
+    With ``dist`` (the Gram distances of the rows ``index`` of ``dist.W``, ``D`` being
+    their submatrix), every step's pick is that of the float64 reference: near-ties of the
+    Gram scores are refined with exact distances (``krum._refine_pick``).
+    """
+    m = D.shape[0]
     order = np.argsort(D, axis=1, kind="stable")
     Ds = np.take_along_axis(D, order, axis=1)  # each row ascending
     not_self = order != np.arange(m)[:, None]
@@ -103,9 +119,29 @@ def bulyan_select(D2: Tensor, f: int, theta: int) -> list[int]:
         scores[~alive] = np.inf
         # first index of the minimum; if every remaining score is +inf, the first remaining
         pick = int(np.flatnonzero(alive & (scores == scores[alive].min()))[0])
+        if dist is not None and n > 1:
+            assert index is not None
+            pick = _refine_pick(dist, scores, pick, k, index, alive)
         chosen.append(pick)
         alive[pick] = False
     return chosen
+
+
+def _exact_selection(dist: _ExactDistances, index: np.ndarray, f: int, theta: int
+                     ) -> np.ndarray:
+    """Stage 1 on the rows ``index`` of ``dist.W``, each step's pick that of the float64
+    reference (module doc); global indices in selection order."""
+    D = dist.host()[np.ix_(index, index)]
+    return index[_select(D, f, theta, dist, index)]
+
+
+def _bulyan_exact(dist: _ExactDistances, index: np.ndarray, f: int, theta: int,
+                  gamma: int) -> Tensor:
+    """Bulyan of the rows ``index`` of ``dist.W``, selection exact (module doc)."""
+    chosen = _exact_selection(dist, index, f, theta)
+    W = dist.W
+    rows = torch.from_numpy(chosen).to(W.device)
+    return closest_to_median_mean_sorted(sort_workers(W.index_select(0, rows)), gamma)
 
 
 def bulyan(W: Tensor, f: int, theta: int | None = None, gamma: int | None = None) -> Tensor:
@@ -117,32 +153,23 @@ def bulyan(W: Tensor, f: int, theta: int | None = None, gamma: int | None = None
     """
     m, f = check_matrix(W, "bulyan", f)
     th, ga = check_bulyan(m, f, theta, gamma)
-    chosen = bulyan_select(pairwise_sq_distances(W), f, th)
-    index = torch.tensor(chosen, dtype=torch.long, device=W.device)
-    S = sort_workers(W.detach().index_select(0, index))
-    return closest_to_median_mean_sorted(S, ga)
+    return _bulyan_exact(_ExactDistances(W), np.arange(m), f, th, ga)
 
 
 def bulyan_with_and_without(W: Tensor, f: int, theta: int | None = None,
                             gamma: int | None = None) -> tuple[Tensor, Tensor]:
     """``(bulyan(W), B)`` with ``B[i]`` Bulyan without row i: Bulyan's repeated-Krum
-    selection on submatrices of ONE distance matrix, then a sort of the θ selected rows per
-    i (k rule calls minus the Gram matrix; Bulyan is not in the paper's Table 6)."""
+    selection on submatrices of ONE distance matrix (refined exactly on near-ties, exact rows
+    shared by all i), then a sort of the θ selected rows per i (k rule calls minus the Gram
+    matrix; Bulyan is not in the paper's Table 6)."""
     k = check_leave_one_out_count("bulyan", W)
     W = W.detach()
-    D2 = pairwise_sq_distances(W)
-
-    def aggregate(index: Tensor, th: int, ga: int) -> Tensor:
-        at = index.to(D2.device)
-        sub = D2.index_select(0, at).index_select(1, at)
-        chosen = index[torch.tensor(bulyan_select(sub, f, th))].to(W.device)
-        return closest_to_median_mean_sorted(sort_workers(W.index_select(0, chosen)), ga)
-
+    dist = _ExactDistances(W)  # refined exactly on near-ties as in bulyan; exact rows shared
     th, ga = check_bulyan(k, f, theta, gamma)
-    A = aggregate(torch.arange(k), th, ga)
+    A = _bulyan_exact(dist, np.arange(k), f, th, ga)
     th, ga = check_bulyan(k - 1, f, theta, gamma)
-    everyone = torch.arange(k)
-    B = torch.stack([aggregate(everyone[everyone != i], th, ga) for i in range(k)])
+    everyone = np.arange(k)
+    B = torch.stack([_bulyan_exact(dist, everyone[everyone != i], f, th, ga) for i in range(k)])
     return A, B
 
 

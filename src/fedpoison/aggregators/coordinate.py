@@ -77,9 +77,11 @@ def sort_workers(W: Tensor) -> Tensor:
 
 
 def _sum_rows_f64(X: Tensor) -> Tensor:
-    """Sum over the worker axis in float64 (a ``d`` vector)."""
+    """Sum over the worker axis in float64 (a ``d`` vector). A column holding both +inf and
+    -inf sums to NaN, quietly, as on the torch path (no NumPy RuntimeWarning)."""
     if _numpy_path(X):
-        return torch.from_numpy(np.add.reduce(X.numpy(), axis=0, dtype=np.float64))
+        with np.errstate(invalid="ignore"):
+            return torch.from_numpy(np.add.reduce(X.numpy(), axis=0, dtype=np.float64))
     return X.sum(dim=0, dtype=torch.float64)
 
 
@@ -131,11 +133,13 @@ def closest_to_median_mean_sorted(S: Tensor, gamma: int) -> Tensor:
     twice_med = _twice_median_sorted_f64(S)
     if _numpy_path(S):
         s = S.numpy()
-        pair_sums = np.add(s[: n - gamma], s[gamma:], dtype=np.float64)
-        start = np.count_nonzero(pair_sums < twice_med.numpy(), axis=0)
-        pos = np.arange(n)[:, None]
-        inside = (pos >= start) & (pos < start + gamma)
-        total = np.add.reduce(np.where(inside, s, np.float32(0)), axis=0, dtype=np.float64)
+        # +inf + -inf (hostile columns) gives NaN quietly, as on the torch path
+        with np.errstate(invalid="ignore"):
+            pair_sums = np.add(s[: n - gamma], s[gamma:], dtype=np.float64)
+            start = np.count_nonzero(pair_sums < twice_med.numpy(), axis=0)
+            pos = np.arange(n)[:, None]
+            inside = (pos >= start) & (pos < start + gamma)
+            total = np.add.reduce(np.where(inside, s, np.float32(0)), axis=0, dtype=np.float64)
         return torch.from_numpy(total / gamma).to(S.dtype)
     pair_sums_t = S[: n - gamma].to(torch.float64) + S[gamma:].to(torch.float64)
     start_t = (pair_sums_t < twice_med).sum(dim=0)

@@ -57,14 +57,35 @@ def check_mean(m: int, f: int) -> None:
     check_count("mean", m, f)
 
 
+def _mean_rows(W: Tensor) -> Tensor:
+    """Mean over the rows of a float32 ``W``, in float32; finite whenever the exact mean is.
+
+    The float32 average is kept as it is (bit for bit) wherever it is finite. Where it is
+    not although every value of the column is finite, the float32 sum overflowed (two
+    values of 2e38 already do); those columns are averaged in float64, where a sum of float32
+    values cannot overflow, and rounded to float32, which is finite whenever the exact mean
+    is representable.
+    """
+    out = W.mean(dim=0)
+    overflow = ~torch.isfinite(out)
+    if bool(overflow.any()):
+        overflow &= torch.isfinite(W).all(dim=0)
+        if bool(overflow.any()):
+            exact = W[:, overflow].to(torch.float64).mean(dim=0)
+            out[overflow] = exact.to(W.dtype)
+    return out
+
+
 def mean(W: Tensor, f: int) -> Tensor:
     """Coordinate-wise average of the ``m`` local models (paper Section 2.2).
 
-    ``f`` is accepted for the common signature and ignored. Mean is not robust: one row with
-    NaN, Inf or a huge value moves (or poisons) the output; no promise is made about it.
+    ``f`` is accepted for the common signature and ignored. Summed in float32; columns whose
+    float32 sum overflows although their values are finite are averaged in float64, so the
+    output is finite whenever the exact mean is. Mean is not robust: one row with NaN, Inf
+    or a huge value moves (or poisons) the output; no promise is made about it.
     """
     check_matrix(W, "mean", f)
-    return W.detach().mean(dim=0)
+    return _mean_rows(W.detach())
 
 
 def mean_with_and_without(W: Tensor, f: int) -> tuple[Tensor, Tensor]:

@@ -16,6 +16,12 @@ models and all candidate ``λ`` at once. All candidates ``λ₀, λ₀/2, …`` 
 threshold) are checked in one batch and the first that works is taken, which is exactly the
 halving loop's answer.
 
+Exact decisions. The others' distances come from one Gram matrix, whose error is bounded
+(``aggregators.krum``); "Krum selects ``w'₁``" is decided on the Gram scores wherever their
+error bound cannot change it, and otherwise on the float64 reference distances (direct
+differences) of the other models that could beat ``w'₁`` (``KrumProblem.selects``).
+Theorem 1's bound keeps the Gram estimate (it is only where the search starts).
+
 Choices (docs/choices.md): the bound with the server's ``f``, its fallback when Theorem 1
 gives none, what is sent when no ``λ`` works, the partial-knowledge sub-problem's ``f`` and
 copies limit, and the ε-ball sampling; each is described where it is implemented.
@@ -26,10 +32,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from fedpoison.aggregators.krum import check_krum, krum_scores, pairwise_sq_distances
+from fedpoison.aggregators.krum import (
+    _ExactDistances,
+    _gram,
+    _krum_pick,
+    _score_bounds,
+    check_krum,
+)
 from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import (
     DEFAULT_DIRECTION,
@@ -75,16 +88,33 @@ class KrumLambda:
     f: int
 
 
+def _merged_scores(sorted_rows: Tensor, prefix: Tensor, eT: Tensor, k: int,
+                   copies: int) -> Tensor:
+    """Krum score of each other model when ``copies`` copies of ``w'₁`` sit at distance
+    ``eT[i, t]`` from model i: the sum of its ``k`` smallest values among its sorted
+    distances to the other models (``sorted_rows`` [r, n_o − 1], ``prefix`` their prefix
+    sums [r, n_o]) and ``copies`` values ``eT[i, t]``. Returns ``[r, T]``."""
+    if sorted_rows.shape[1] == 0:
+        t = torch.zeros_like(eT, dtype=torch.long)
+    else:
+        t = torch.searchsorted(sorted_rows, eT)  # others strictly closer than the copies
+    j = t.clamp(max=k)
+    u = (k - j).clamp(max=copies)  # copies among the k nearest
+    return prefix.gather(1, k - u) + u.to(torch.float64) * eT
+
+
 class KrumProblem:
     """Krum over ``{n copies of w'₁ = w_Re − λs} ∪ others``, for any ``λ``, ``n`` and ``f``.
 
     ``others`` [n_o, d] are the models ``w'₁`` competes with (benign models under full
     knowledge, compromised before-attack models under partial knowledge). ``D2_others`` may
-    pass their squared distances if already computed (float64 ``[n_o, n_o]``).
+    pass their squared distances if already computed (float64 ``[n_o, n_o]``), with
+    ``D2_norms``, the centred row norms of the Gram matrix they come from (their error scale,
+    see ``aggregators.krum``); without ``D2_norms`` they are taken as exact.
     """
 
     def __init__(self, others: Tensor, w_re: Tensor, s: Tensor,
-                 D2_others: Tensor | None = None) -> None:
+                 D2_others: Tensor | None = None, *, D2_norms: Tensor | None = None) -> None:
         X = others.detach().float()
         w = w_re.detach().to(X.device, torch.float32)
         s32 = s.detach().to(X.device, torch.float32)
@@ -93,7 +123,12 @@ class KrumProblem:
         self.a = (diff * diff).sum(dim=1, dtype=torch.float64)  # ‖w_Re − w_i‖²
         self.b = (diff * s32).sum(dim=1, dtype=torch.float64)  # sᵀ(w_Re − w_i) (exact products)
         self.d_eff = float((s32 * s32).sum(dtype=torch.float64))  # sᵀs
-        D2 = pairwise_sq_distances(X) if D2_others is None else D2_others.to(torch.float64)
+        if D2_others is None:
+            D2, norms = _gram(X)
+        else:
+            D2 = D2_others.to(torch.float64)
+            norms = torch.zeros(X.shape[0]) if D2_norms is None else D2_norms
+        self._dist = _ExactDistances(X, D2, norms)
         off = D2.clone()
         off.fill_diagonal_(torch.inf)
         n = self.n_others
@@ -120,8 +155,14 @@ class KrumProblem:
 
         ``w'₁``'s ``k`` nearest are its ``copies − 1`` copies (distance 0) and then its
         ``k − copies + 1`` nearest others; other model ``i`` merges its sorted distances with
-        ``copies`` values ``e_i``.
+        ``copies`` values ``e_i``. The others' distances are the Gram matrix's (estimates;
+        ``selects`` decides exactly).
         """
+        crafted, others, _, _ = self._scores(lams, copies, f)
+        return crafted, others
+
+    def _scores(self, lams: Tensor, copies: int, f: int) -> tuple[Tensor, Tensor, Tensor, int]:
+        """``scores`` plus the distances ``e`` [T, n_o] and Krum's neighbour count ``k``."""
         k = self.neighbours(copies, f)
         e = self.distances(lams)  # [T, n_o]
         T = e.shape[0]
@@ -130,20 +171,34 @@ class KrumProblem:
             crafted = torch.zeros(T, dtype=torch.float64, device=e.device)
         else:
             crafted = torch.topk(e, q, dim=1, largest=False).values.sum(dim=1)
-        eT = e.T.contiguous()  # [n_o, T]
-        if self.sorted.shape[1] == 0:
-            t = torch.zeros_like(eT, dtype=torch.long)
-        else:
-            t = torch.searchsorted(self.sorted, eT)  # others strictly closer than the copies
-        j = t.clamp(max=k)
-        u = (k - j).clamp(max=copies)  # copies among the k nearest
-        others = self.prefix.gather(1, k - u) + u.to(torch.float64) * eT
-        return crafted, others.T
+        others = _merged_scores(self.sorted, self.prefix, e.T.contiguous(), k, copies)
+        return crafted, others.T, e, k
 
     def selects(self, lams: Tensor, copies: int, f: int) -> Tensor:
-        """Whether Krum selects ``w'₁`` (score strictly below every other model's), per λ."""
-        crafted, others = self.scores(lams, copies, f)
-        return crafted < others.min(dim=1).values
+        """Whether Krum selects ``w'₁`` (score strictly below every other model's), per λ.
+
+        Decided on the Gram scores where their error bound (``_score_bounds``) cannot change
+        the answer; for the other λ, the other models whose score could be at or below
+        ``w'₁``'s are rescored from their float64 reference distances.
+        """
+        crafted, others, e, k = self._scores(lams, copies, f)
+        c = crafted.detach().cpu().numpy()
+        o = others.detach().cpu().numpy()
+        lo, hi = _score_bounds(o, self._dist.norms[None, :], k, self._dist.d,
+                               copies + self.n_others)
+        yes = c < lo.min(axis=1)
+        unsure = ~yes & (c < hi.min(axis=1))
+        if unsure.any():
+            rows = np.flatnonzero((lo[unsure] <= c[unsure, None]).any(axis=0))
+            R = self._dist.exact_rows(rows)
+            R[np.arange(len(rows)), rows] = np.inf  # not its own neighbour
+            srt = torch.from_numpy(np.sort(R, axis=1)[:, : self.n_others - 1].copy())
+            zeros = torch.zeros((len(rows), 1), dtype=torch.float64)
+            prefix = torch.cat([zeros, srt.cumsum(dim=1)], dim=1)
+            e_rows = e.cpu()[:, torch.from_numpy(rows)]
+            exact = _merged_scores(srt, prefix, e_rows.T.contiguous(), k, copies).numpy()
+            yes[unsure] = c[unsure] < exact[:, unsure].min(axis=0)
+        return torch.from_numpy(yes).to(crafted.device)
 
     # -- Theorem 1 ------------------------------------------------------------------
     def bound(self, copies: int, f: int) -> tuple[float, bool]:
@@ -332,20 +387,20 @@ def krum_attack_solution(ctx: AttackContext, *, epsilon: float = 0.01,
         benign = ctx.benign.detach().float()
         if deviation:
             s = torch.ones(d, dtype=torch.float32, device=w_re.device)
-            D2_benign = None
+            D2_benign = norms_benign = None
         elif direction == "rule":
             # The target is Krum: one Gram matrix serves both Krum's before-attack choice
             # and the search.
             W = torch.cat([ctx.compromised.detach().float(), benign])
-            D2 = pairwise_sq_distances(W)
-            scores = krum_scores(D2, ctx.f)
-            chosen = int(torch.nonzero(scores == scores.min())[0, 0])
+            dist = _ExactDistances(W)
+            chosen = _krum_pick(dist, ctx.f)
             s = full_direction(ctx, direction, W[chosen])
-            D2_benign = D2[c:, c:]
+            D2_benign = dist.D2[c:, c:]
+            norms_benign = torch.from_numpy(dist.norms[c:])
         else:
             s = full_direction(ctx, direction)
-            D2_benign = None
-        problem = KrumProblem(benign, w_re, s, D2_benign)
+            D2_benign = norms_benign = None
+        problem = KrumProblem(benign, w_re, s, D2_benign, D2_norms=norms_benign)
         solution = problem.solve(c, ctx.f, threshold)
     else:
         if deviation:

@@ -90,9 +90,12 @@ def mean_std(X: Tensor) -> tuple[Tensor, Tensor]:
     n, d = X.shape
     if X.device.type == "cpu":
         A = X.numpy() if X.dtype in (torch.float32, torch.float64) else X.double().numpy()
-        mu = torch.from_numpy(np.mean(A, axis=0, dtype=np.float64))
-        sd = (torch.from_numpy(np.std(A, axis=0, ddof=1, dtype=np.float64)) if n > 1
-              else torch.zeros(d, dtype=torch.float64))
+        # A column with +-Inf (hostile rows) gets a non-finite mean / std, quietly, as on the
+        # torch path: NumPy would warn about the inf - inf inside.
+        with np.errstate(invalid="ignore", over="ignore"):
+            mu = torch.from_numpy(np.mean(A, axis=0, dtype=np.float64))
+            sd = (torch.from_numpy(np.std(A, axis=0, ddof=1, dtype=np.float64)) if n > 1
+                  else torch.zeros(d, dtype=torch.float64))
         return mu, sd
     X64 = X.to(torch.float64)
     sd = X64.std(dim=0, correction=1) if n > 1 else torch.zeros_like(X64[0])
