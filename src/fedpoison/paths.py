@@ -40,7 +40,7 @@ def data_home() -> Path:
 
 def _user_cache() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME", "")
-    return Path(xdg) if xdg and Path(xdg).isabsolute() else Path.home() / ".cache"
+    return Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
 
 
 def cache_home() -> Path:
