@@ -141,11 +141,13 @@ class Option:
         elif t is int:
             out = _to_int(value)
             if out is None:
-                raise ConfigError(self.name, f"{where}: must be {self.allowed()}, got {value!r}")
+                raise ConfigError(self.name, f"{where}: must be {self.allowed()}, got "
+                                             f"{_shown(value)}")
         else:
             out = _to_float(value)
             if out is None or not math.isfinite(out):
-                raise ConfigError(self.name, f"{where}: must be {self.allowed()}, got {value!r}")
+                raise ConfigError(self.name, f"{where}: must be {self.allowed()}, got "
+                                             f"{_shown(value)}")
         if self.choices is not None and out not in self.choices:
             raise ConfigError(self.name, f"{where}: must be {self.allowed()}, got {value!r}")
         if t in (int, float):
@@ -154,8 +156,14 @@ class Option:
             bad_high = self.high is not None and (out >= self.high if self.high_open
                                                   else out > self.high)
             if bad_low or bad_high:
-                raise ConfigError(self.name, f"{where}: must be {self.allowed()}, got {value!r}")
+                raise ConfigError(self.name, f"{where}: must be {self.allowed()}, got "
+                                             f"{_shown(value)}")
         return out
+
+
+def _shown(value: Any) -> str:
+    """A given value in a message: as typed for command-line strings, else its repr."""
+    return value if isinstance(value, str) and value.strip() else repr(value)
 
 
 def _num(x: Any) -> str:
@@ -230,15 +238,22 @@ class Spec:
 
     def resolve_options(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """Every option with its value: ``given`` checked against the spec, defaults filled
-        in (``None`` for a derived default). Unknown names raise ``ConfigError``."""
+        in (``None`` for a derived default). A wrong name or value raises ``ConfigError``
+        whose field is the CLI flag that sets the kind's options (``rule-opt``, ...)."""
+        field_ = OPTION_FLAGS.get(self.kind, self.kind)
         given = dict(given or {})
         unknown = [k for k in given if self.option(k) is None]
         if unknown:
             accepted = ", ".join(o.name for o in self.options) or "none"
-            raise ConfigError(unknown[0], f"{self.label} has no option {unknown[0]!r}; "
-                                          f"its options: {accepted}")
-        return {o.name: o.check(given[o.name], self.label) if o.name in given else o.default
-                for o in self.options}
+            raise ConfigError(field_, f"{self.label} has no option {unknown[0]!r}; "
+                                      f"its options: {accepted}")
+        out = {}
+        for o in self.options:
+            try:
+                out[o.name] = o.check(given[o.name], self.label) if o.name in given else o.default
+            except ConfigError as e:
+                raise ConfigError(field_, e.message) from None
+        return out
 
     def describe(self) -> dict[str, Any]:
         """The JSON form ``fedpoison list --json`` prints."""
@@ -262,6 +277,10 @@ class Spec:
         """Kind-specific declarations shown by ``fedpoison list``."""
         return {}
 
+
+#: The CLI flag (without dashes) that sets a kind's options; errors about options name it.
+OPTION_FLAGS = {"rule": "rule-opt", "attack": "attack-opt", "defense": "defense-opt",
+                "preaggregator": "preagg"}
 
 #: What a rule may ask the server for (its ``needs``); see ``fedpoison.server.ServerContext``.
 RULE_NEEDS = ("previous", "state", "server_data", "generator", "iteration")

@@ -107,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         for item in getattr(args, field_name, []) or []:
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
-                raise ConfigError(field_name, f"{flag} takes KEY=VALUE, got {item!r}")
+                raise ConfigError(flag.lstrip("-"), f"takes KEY=VALUE, got {item!r}")
             opts[key.strip()] = value.strip()
         values[field_name] = opts
     values["preaggregators"] = [parse_component_string(p, "preaggregators")
