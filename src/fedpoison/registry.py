@@ -426,6 +426,22 @@ class ModelSpec(Spec):
                                        f"shape {list(input_shape)}")
 
 
+class Bound:
+    """A registered component with its (checked) options bound; subclasses add the call."""
+
+    def __init__(self, spec: Any, options: Mapping[str, Any]) -> None:
+        self.spec = spec
+        self.options = dict(options)
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.name)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name}({opts})"
+
+
 _SPEC_TYPES: dict[str, type[Spec]] = {
     "rule": RuleSpec,
     "preaggregator": PreaggregatorSpec,

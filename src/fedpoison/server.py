@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from fedpoison import registry
-from fedpoison.registry import PreaggregatorSpec, RuleSpec
+from fedpoison.registry import Bound, PreaggregatorSpec, RuleSpec
 
 Notes = dict[str, list[float]]
 
@@ -71,16 +71,10 @@ class ServerContext:
         self.removed = mask
 
 
-class BoundRule:
+class BoundRule(Bound):
     """A registered rule with its options bound: ``rule(W, f, ctx=None) -> w``."""
 
-    def __init__(self, spec: RuleSpec, options: Mapping[str, Any]) -> None:
-        self.spec = spec
-        self.options = dict(options)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    spec: RuleSpec
 
     @property
     def selects_row(self) -> bool:
@@ -110,10 +104,6 @@ class BoundRule:
             return fast(W, f, **self.options)
         return loop_with_and_without(lambda X: self(X, f, ctx), W)
 
-    def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
-        return f"{self.name}({opts})"
-
 
 def loop_with_and_without(aggregate: Callable[[Tensor], Tensor], W: Tensor
                           ) -> tuple[Tensor, Tensor]:
@@ -128,16 +118,10 @@ def loop_with_and_without(aggregate: Callable[[Tensor], Tensor], W: Tensor
     return aggregate(W), torch.stack(out)
 
 
-class BoundPreaggregator:
+class BoundPreaggregator(Bound):
     """A registered pre-aggregator with its options bound: ``preagg(W, f, ctx) -> W'``."""
 
-    def __init__(self, spec: PreaggregatorSpec, options: Mapping[str, Any]) -> None:
-        self.spec = spec
-        self.options = dict(options)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    spec: PreaggregatorSpec
 
     def output(self, m: int, f: int) -> tuple[int, int]:
         if self.spec.output is None:

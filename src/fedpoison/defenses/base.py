@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-from fedpoison.registry import DefenseSpec
+from fedpoison.registry import Bound, DefenseSpec
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,10 @@ Defense = Callable[..., Tensor]
 """reject(ctx, **options) -> indices (int64) of the rows of W to drop before aggregation."""
 
 
-class BoundDefense:
+class BoundDefense(Bound):
     """A registered defense with its options bound: ``defense(W, f, rule, ctx) -> drop``."""
 
-    def __init__(self, spec: DefenseSpec, options: Mapping[str, Any]) -> None:
-        self.spec = spec
-        self.options = dict(options)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    spec: DefenseSpec
 
     def __call__(self, W: Tensor, f: int, rule: Any, server: Any = None) -> Tensor:
         return self.spec.impl(DefenseContext(W=W, f=f, rule=rule, server=server),
