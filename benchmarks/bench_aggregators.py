@@ -22,7 +22,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from fedpoison.aggregators import AGGREGATORS, pairwise_sq_distances
+from fedpoison import registry
+from fedpoison.aggregators import pairwise_sq_distances
+from fedpoison.server import ServerContext, bind_rule
 from timing import timings_ms
 
 M, F = 100, 20
@@ -51,12 +53,15 @@ def far_tight(d: int) -> torch.Tensor:
 def bench_shape(label: str, d: int, repeats: int) -> None:
     W = torch.from_numpy(np.random.default_rng(0).standard_normal((M, d)).astype(np.float32))
     A = W.numpy()
+    # every registered rule with its defaults; rules that ask for the server context get one
+    ctx = ServerContext(1, W[0].clone(), {}, torch.Generator().manual_seed(0), rows=M)
+    rules = {s.name: bind_rule(s.name) for s in registry.specs("rule")}
     cases: dict[str, Callable[[], object]] = {
-        name: (lambda rule=rule: rule(W, F)) for name, rule in AGGREGATORS.items()
+        name: (lambda rule=rule: rule(W, F, ctx)) for name, rule in rules.items()
     }
     H = far_tight(d)
-    cases["krum, far tight cluster"] = lambda: AGGREGATORS["krum"](H, F)
-    cases["bulyan, far tight cluster"] = lambda: AGGREGATORS["bulyan"](H, F)
+    cases["krum, far tight cluster"] = lambda: rules["krum"](H, F)
+    cases["bulyan, far tight cluster"] = lambda: rules["bulyan"](H, F)
     cases["pairwise_sq_distances"] = lambda: pairwise_sq_distances(W)
     cases["np.sort (axis 0)"] = lambda: np.sort(A, axis=0)
     cases["torch.sort (dim 0)"] = lambda: torch.sort(W, dim=0)

@@ -29,13 +29,19 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from fedpoison.aggregators import get_aggregator
+from fedpoison import registry
 from fedpoison.data.base import Dataset
 from fedpoison.data.partition import Partition
 from fedpoison.defenses import DefenseContext, impacts
-from fedpoison.defenses.leave_one_out import leave_one_out_loop, with_and_without
 from fedpoison.defenses.rejection import most_harmful
 from fedpoison.models.lr import LogisticRegression
+from fedpoison.server import (
+    Pipeline,
+    ServerContext,
+    ServerData,
+    bind_rule,
+    loop_with_and_without,
+)
 from fedpoison.tasks import Task
 from timing import timings_ms
 
@@ -55,9 +61,25 @@ def lr_mnist() -> tuple[Task, torch.Tensor, torch.Tensor, torch.Tensor]:
     return task, x, y, W
 
 
+def bound(rule: str) -> object:
+    """The rule with β = F where it has a β (trimmed mean), as the paper's server uses it."""
+    return bind_rule(rule, {"beta": F} if registry.get("rule", rule).option("beta") else {})
+
+
+def with_and_without(rule: str, W: torch.Tensor, f: int) -> object:
+    """The rule's batched leave-one-out (registered in its own module)."""
+    return bound(rule).with_and_without(W, f)  # type: ignore[attr-defined]
+
+
+def leave_one_out_loop(rule: str, W: torch.Tensor, f: int) -> object:
+    """The plain reference: k rule calls."""
+    b = bound(rule)
+    return loop_with_and_without(lambda X: b(X, f), W)[1]  # type: ignore[operator]
+
+
 def plain_step(rule: str, W: torch.Tensor, evaluate: Callable, f: int) -> object:
     """The naive defense step: k + 1 rule calls, k + 1 one-model evaluations."""
-    aggregate = get_aggregator(rule, **({"beta": f} if rule == "trimmed-mean" else {}))
+    aggregate = bound(rule)
     A = aggregate(W, f)
     keep = torch.ones(W.shape[0], dtype=torch.bool)
     e_a, l_a = evaluate(A[None])
@@ -97,7 +119,9 @@ def main() -> None:
     print("| rule | step batched | step plain loop | ratio | LOO batched | LOO loop | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for rule in rules:
-        ctx = DefenseContext(W=W, f=F, rule=rule, beta=F, evaluate=evaluate)
+        server = ServerContext(1, W[0].clone(), {}, torch.Generator().manual_seed(0),
+                               ServerData(x, y, evaluate))
+        ctx = DefenseContext(W=W, f=F, rule=Pipeline(bound(rule)), server=server)
 
         def batched(ctx: DefenseContext = ctx) -> object:
             error, loss = impacts(ctx)
@@ -106,8 +130,8 @@ def main() -> None:
         step_b = np.median(timings_ms(batched, args.repeats))
         step_l = np.median(timings_ms(lambda r=rule: plain_step(r, W, evaluate, F),
                                       args.loop_repeats, warmup=0))
-        loo_b = np.median(timings_ms(lambda r=rule: with_and_without(r, W, F, F), args.repeats))
-        loo_l = np.median(timings_ms(lambda r=rule: leave_one_out_loop(r, W, F, F),
+        loo_b = np.median(timings_ms(lambda r=rule: with_and_without(r, W, F), args.repeats))
+        loo_l = np.median(timings_ms(lambda r=rule: leave_one_out_loop(r, W, F),
                                      args.loop_repeats, warmup=0))
         print(f"| {rule} | {step_b:.1f} | {step_l:.1f} | {step_l / step_b:.1f}x | {loo_b:.1f} |"
               f" {loo_l:.1f} | {loo_l / loo_b:.1f}x |", flush=True)
@@ -119,8 +143,8 @@ def main() -> None:
         for rule in rules:
             if rule == "bulyan":
                 continue
-            loo_b = np.median(timings_ms(lambda r=rule: with_and_without(r, Wc, F, F), 3))
-            loo_l = np.median(timings_ms(lambda r=rule: leave_one_out_loop(r, Wc, F, F), 1,
+            loo_b = np.median(timings_ms(lambda r=rule: with_and_without(r, Wc, F), 3))
+            loo_l = np.median(timings_ms(lambda r=rule: leave_one_out_loop(r, Wc, F), 1,
                                          warmup=0))
             print(f"| {rule} | {loo_b:.0f} | {loo_l:.0f} | {loo_l / loo_b:.1f}x |", flush=True)
 
