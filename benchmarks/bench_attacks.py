@@ -5,11 +5,11 @@
 One craft step is one registered model attack's ``craft(ctx)`` for one iteration: for the
 Krum attack that includes the before-attack Krum (one float64 Gram matrix of all m models),
 Theorem 1's bound and the whole halving search; for trimmed mean / median the before-attack
-aggregate (one sort) and the draws. Shapes: LR on MNIST (d = 7850) and, with ``--cnn``, about the paper's
-CNN (d = 270k). The local models are SGD-like updates of a common w_Re (a small shared step
-plus per-worker noise), the regime in which the Krum attack finds a λ. Cases are timed
-interleaved (one of each per repeat) so that machine load hits all alike; prints the
-median and inter-quartile range in milliseconds, and the λ search's outcome.
+aggregate (one sort) and the draws. Shapes: LR on MNIST (d = 7850) and, with ``--cnn``,
+about the paper's CNN (d = 270k). The local models are SGD-like updates of a common w_Re (a
+small shared step plus per-worker noise), the regime in which the Krum attack finds a λ.
+Cases are timed interleaved (one of each per repeat) so that machine load hits all alike;
+prints the median and inter-quartile range in milliseconds, and the λ search's outcome.
 """
 
 from __future__ import annotations
