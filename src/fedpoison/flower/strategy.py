@@ -241,6 +241,13 @@ class FedpoisonStrategy(FedAvg):
             self.red_team.check(k)
         self._checked_k = k
 
+    def _adversary(self) -> Adversary:
+        """The red team's adversary, or an idle one, over the workers indexed so far."""
+        m = len(self.worker_of)
+        if self.red_team is not None:
+            return self.red_team.build(self.worker_of)
+        return grow(self.adversary, m) if self.adversary is not None else idle(m, self.f)
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Sample nodes (seeded), remember the global model, and send each sampled node the
@@ -249,9 +256,7 @@ class FedpoisonStrategy(FedAvg):
             return []
         chosen = self.sample(grid)
         self._check(len(chosen))
-        self.adversary = (self.red_team.build(self.worker_of) if self.red_team is not None
-                          else grow(self.adversary, len(self.worker_of))
-                          if self.adversary is not None else idle(len(self.worker_of), self.f))
+        self.adversary = self._adversary()
         layout = Layout.of(arrays)
         previous = layout.flatten(arrays, check_finite=False)
         workers = torch.tensor([w for w, _ in chosen], dtype=torch.int64)
