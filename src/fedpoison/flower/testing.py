@@ -24,7 +24,8 @@ Client = Callable[[Message, Context], Message | None]
 
 class InProcessGrid(Grid):
     """``clients[i]`` runs node i (partition-id i); node ids are random 63-bit integers
-    drawn from ``seed``, so nothing may rely on a node id equalling its partition."""
+    drawn from ``seed``, so nothing may rely on a node id equalling its partition, and
+    replies come back in a seeded random order, so nothing may rely on their order."""
 
     def __init__(self, clients: Sequence[Client], *, seed: int = 0,
                  run_config: Mapping[str, object] | None = None) -> None:
@@ -44,6 +45,7 @@ class InProcessGrid(Grid):
         TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._ids = itertools.count(1)
         self._replies: dict[str, Message] = {}
+        self._order = torch.Generator().manual_seed(seed + 1)
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -80,7 +82,10 @@ class InProcessGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+        """The replies, in a seeded random order (as a network may deliver them)."""
+        replies = [self._replies.pop(i) for i in message_ids if i in self._replies]
+        order = torch.randperm(len(replies), generator=self._order).tolist()
+        return [replies[i] for i in order]
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
