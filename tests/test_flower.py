@@ -186,6 +186,7 @@ def test_sampling_partial_knowledge_local_rounds_and_state(clean_registry: list,
     @fedpoison.register_rule("test-momentum", reference="test", needs=("previous", "state"),
                              stateful=True)
     def momentum(W: torch.Tensor, f: int, *, ctx: Any) -> torch.Tensor:
+        rows.append(ctx.workers.tolist())  # the worker ids of W's rows
         step = W.median(dim=0).values - ctx.previous
         ctx.state["m"] = 0.5 * ctx.state.get("m", torch.zeros_like(step)) + step
         ctx.state["calls"] = ctx.state.get("calls", 0) + 1
@@ -196,15 +197,19 @@ def test_sampling_partial_knowledge_local_rounds_and_state(clean_registry: list,
     def clip(W: torch.Tensor, f: int, *, tau: float) -> torch.Tensor:
         return W.clamp(-tau, tau)
 
+    rows: list[list[int]] = []
     clean_registry += [("rule", "test-momentum"), ("preaggregator", "test-clip")]
     cfg = RunConfig(dataset="breast-cancer", workers=20, compromised=4, sample=10,
                     local_rounds=2, rule="test-momentum", attack="trimmed-mean",
                     knowledge="partial", attack_options={"target_rule": "median"},
                     preaggregators=["test-clip:tau=0.05"], iterations=5, seed=1)
     w_fl, strategy, _ = _flower(cfg, 5)
+    flower_rows, rows[:] = rows[:], []
     w_sim, notes, _ = _simulator(cfg, 5)
     assert float((w_fl - w_sim).abs().max()) <= TOL
     assert strategy.server.states[-1]["calls"] == 5  # one state, kept across rounds
+    # The same sampled workers, rows in worker order (replies arrive shuffled).
+    assert flower_rows == rows and all(r == sorted(r) and len(r) == 10 for r in rows)
     _same_diagnostics(strategy.diagnostics(), notes)
 
 
@@ -292,6 +297,38 @@ def test_bad_replies_are_dropped_logged_and_counted(one_thread: None) -> None:
     assert len(logged) == len(kinds)
     assert any("shape (" in m for m in logged) and any("NaN or infinite" in m for m in logged)
     assert any("no reply" in m for m in logged) and any("the node crashed" in m for m in logged)
+
+
+@needs_flwr
+def test_duplicate_and_unexpected_replies_are_dropped() -> None:
+    """aggregate_train alone, with hand-made replies: a second reply from a node and a
+    reply from a node that was not sampled are dropped; the round is the mean of the rest."""
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+    from fedpoison.flower import FedpoisonStrategy, from_record, to_record
+    from fedpoison.flower.testing import InProcessGrid
+
+    grid = InProcessGrid([lambda m, c: None] * 4, seed=5)
+    strategy = FedpoisonStrategy(f=0, rule="mean", min_available_nodes=4, min_train_nodes=4)
+    messages = list(strategy.configure_train(1, to_record(torch.zeros(3)), ConfigRecord(),
+                                             grid))
+    models = {m.metadata.dst_node_id: torch.full((3,), float(i)) for i, m in
+              enumerate(messages)}
+    replies = [Message(RecordDict({"arrays": to_record(models[m.metadata.dst_node_id])}),
+                       reply_to=m) for m in messages]
+    stranger = Message(RecordDict({"arrays": to_record(torch.zeros(3))}), dst_node_id=12345,
+                       message_type=MessageType.TRAIN)
+    replies += [Message(RecordDict({"arrays": to_record(torch.full((3,), 9.0))}),
+                        reply_to=messages[0]),
+                Message(RecordDict({"arrays": to_record(torch.full((3,), 9.0))}),
+                        reply_to=stranger)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    assert torch.equal(from_record(arrays), torch.full((3,), 1.5))  # mean of 0, 1, 2, 3
+    assert dict(strategy.dropped) == {"duplicate": 1, "unexpected": 1}
+    assert metrics["fedpoison-accepted"] == 4
+    with pytest.raises(RuntimeError, match="round 2 was not configured"):
+        strategy.aggregate_train(2, replies)
 
 
 @needs_flwr
