@@ -2,7 +2,8 @@
 
 Settings (see fedpoison_app/task.py): e.g. ``python run.py attack=none output=out/clean``.
 ``flwr run .`` runs the same app (pyproject.toml); this script passes settings without a
-run config and sizes the engine to this machine.
+run config. Each ClientApp actor gets ``FLOWER_CLIENT_CPUS`` CPUs (default 1), so Ray runs
+as many actors as the machine has cores.
 """
 
 from __future__ import annotations
