@@ -193,17 +193,28 @@ def _check_rule(rule: registry.RuleSpec, options: Mapping[str, Any], m: int, f: 
 
 def _resolve_attack(cfg: Any, server_rule: str, k: int, f: int
                     ) -> tuple[str, dict[str, Any], str | None, str | None]:
-    """(name, options, knowledge, goal) of the attack; 'none' has no options."""
-    if cfg.attack == "none":
-        if cfg.attack_options:
+    return resolve_attack(cfg.attack, cfg.attack_options, server_rule=server_rule,
+                          compromised=cfg.compromised, knowledge=cfg.knowledge, goal=cfg.goal,
+                          k=k, f=f)
+
+
+def resolve_attack(attack: str, attack_options: Mapping[str, Any], *, server_rule: str,
+                   compromised: int, knowledge: str | None, goal: str | None, k: int | None,
+                   f: int) -> tuple[str, dict[str, Any], str | None, str | None]:
+    """(name, options, knowledge, goal) of the attack; 'none' has no options.
+
+    ``k`` is the number of models aggregated per iteration; ``None`` (not known yet, as in
+    a Flower deployment before its first round) leaves out the attack's own ``check``."""
+    if attack == "none":
+        if attack_options:
             raise ConfigError("attack_options", "attack 'none' takes no options")
         return "none", {}, None, None
-    name, preset = registry.REGISTRY.canonical("attack", cfg.attack)
+    name, preset = registry.REGISTRY.canonical("attack", attack)
     spec: registry.AttackSpec = registry.get("attack", name)
     given = dict(preset)
-    for key, value in cfg.attack_options.items():
+    for key, value in attack_options.items():
         if key in preset and preset[key] != value:
-            raise ConfigError("attack_options", f"attack {cfg.attack!r} is {name} with "
+            raise ConfigError("attack_options", f"attack {attack!r} is {name} with "
                                                 f"{key}={preset[key]!r}; got {key}={value!r}")
         given[key] = value
     target = None
@@ -215,19 +226,19 @@ def _resolve_attack(cfg: Any, server_rule: str, k: int, f: int
     options = spec.resolve_options(given)
     if spec.target == "option":
         options["target_rule"] = target
-    if cfg.compromised == 0:
+    if compromised == 0:
         raise ConfigError("compromised", f"attack {name!r} needs compromised ≥ 1")
-    knowledge = (cfg.knowledge or "full") if spec.knowledge else None
-    goal = (cfg.goal or "directed") if spec.goals else None
+    knowledge = (knowledge or "full") if spec.knowledge else None
+    goal = (goal or "directed") if spec.goals else None
     if knowledge is not None and knowledge not in spec.knowledge:
         raise ConfigError("knowledge", f"attack {name!r} supports {', '.join(spec.knowledge)}; "
                                        f"got {knowledge!r}")
     if goal is not None and goal not in spec.goals:
         raise ConfigError("goal", f"attack {name!r} supports goal {', '.join(spec.goals)}; "
                                   f"got {goal!r}")
-    if spec.check is not None:
+    if spec.check is not None and k is not None:
         try:
-            spec.check(m=k, c=cfg.compromised, f=f, knowledge=knowledge, goal=goal, **options)
+            spec.check(m=k, c=compromised, f=f, knowledge=knowledge, goal=goal, **options)
         except ValueError as e:
             raise ConfigError("attack", str(e)) from None
     return name, options, knowledge, goal
@@ -236,13 +247,22 @@ def _resolve_attack(cfg: Any, server_rule: str, k: int, f: int
 def _resolve_defense(cfg: Any, rule: str, rule_options: Mapping[str, Any],
                      preaggs: tuple[tuple[str, dict[str, Any]], ...], k: int, f: int
                      ) -> tuple[str, dict[str, Any]]:
-    if cfg.defense == "none":
-        if cfg.defense_options:
+    return resolve_defense(cfg.defense, cfg.defense_options, rule, rule_options, preaggs, k, f)
+
+
+def resolve_defense(defense: str, defense_options: Mapping[str, Any], rule: str,
+                    rule_options: Mapping[str, Any],
+                    preaggs: tuple[tuple[str, dict[str, Any]], ...], k: int | None, f: int
+                    ) -> tuple[str, dict[str, Any]]:
+    """(name, options) of the defense; ``k`` ``None`` leaves out its ``check`` (see
+    :func:`resolve_attack`)."""
+    if defense == "none":
+        if defense_options:
             raise ConfigError("defense_options", "defense 'none' takes no options")
         return "none", {}
-    spec: registry.DefenseSpec = registry.get("defense", cfg.defense)
-    options = spec.resolve_options(cfg.defense_options)
-    if spec.check is not None:
+    spec: registry.DefenseSpec = registry.get("defense", defense)
+    options = spec.resolve_options(defense_options)
+    if spec.check is not None and k is not None:
         from fedpoison.server import bind_pipeline
 
         try:

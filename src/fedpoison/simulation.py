@@ -37,8 +37,8 @@ from fedpoison.tasks import Task
 
 PHASES = ("setup", "train", "attack", "defense", "aggregate", "evaluate")
 
-__all__ = ["PHASES", "RunResult", "Setup", "poisoned_iterations", "prepare", "run",
-           "summarize_notes", "training_subset"]
+__all__ = ["PHASES", "Detection", "RunResult", "Setup", "attack_and_aggregate",
+           "poisoned_iterations", "prepare", "run", "summarize_notes", "training_subset"]
 
 
 @dataclass
@@ -143,28 +143,44 @@ class Setup:
         labels = self.labels_poisoned if attacked else self.labels_clean
         W = self.task.local_train(w, workers, labels, cfg.local_rounds, self.train_generator)
         toc = _lap(timings, "train", tic)
+        return attack_and_aggregate(self.server, self.adversary, W, workers, w, t, notes,
+                                    self.detection, timings, toc)
 
-        # The direction the local models moved before any attack (their mean), for the
-        # against_mean_direction diagnostic.
-        mean_direction = torch.sign(W.mean(0) - w)
-        crafted = self.adversary.craft(W, workers, w, t, notes)
-        if self.adversary.crafts_models and attacked:
-            toc = _lap(timings, "attack", toc)
 
-        if self.server.defense is not None:
-            W, crafted = self.server.defend(W, w, t, notes, crafted, workers)
-            toc = _lap(timings, "defense", toc)
-        else:
-            self.server.defend(W, w, t)  # nothing to drop; resets what was removed
-        w_next = self.server.aggregate(W, w, t, notes, crafted, workers)
-        if self.server.removed is not None:
-            self.detection.add(self.server.removed, self.adversary.is_compromised[workers])
-        moved = mean_direction != 0
-        notes.setdefault("against_mean_direction", []).append(
-            float((torch.sign(w_next - w)[moved] != mean_direction[moved]).float().mean())
-            if bool(moved.any()) else math.nan)
-        _lap(timings, "aggregate", toc)
-        return w_next
+def attack_and_aggregate(server: Server, adversary: Adversary, W: Tensor, workers: Tensor,
+                         w: Tensor, t: int, notes: Notes, detection: Detection,
+                         timings: dict[str, float] | None = None,
+                         since: float | None = None) -> Tensor:
+    """The server side of iteration ``t``: the next global model from the local models
+    ``W`` (rows: the ids ``workers``, ascending) trained from ``w``.
+
+    The adversary replaces its rows (in place) in a poisoned iteration, the server's defense,
+    pre-aggregators and rule aggregate, and the diagnostics are recorded (``notes``,
+    ``detection``). :meth:`Setup.step` and the Flower strategy (``fedpoison.flower``) share
+    it, so both compute the same model and record the same diagnostics.
+    """
+    toc = time.perf_counter() if since is None else since
+    # The direction the local models moved before any attack (their mean), for the
+    # against_mean_direction diagnostic.
+    mean_direction = torch.sign(W.mean(0) - w)
+    crafted = adversary.craft(W, workers, w, t, notes)
+    if adversary.crafts_models and bool(adversary.schedule[t - 1]):
+        toc = _lap(timings, "attack", toc)
+
+    if server.defense is not None:
+        W, crafted = server.defend(W, w, t, notes, crafted, workers)
+        toc = _lap(timings, "defense", toc)
+    else:
+        server.defend(W, w, t)  # nothing to drop; resets what was removed
+    w_next = server.aggregate(W, w, t, notes, crafted, workers)
+    if server.removed is not None:
+        detection.add(server.removed, adversary.is_compromised[workers])
+    moved = mean_direction != 0
+    notes.setdefault("against_mean_direction", []).append(
+        float((torch.sign(w_next - w)[moved] != mean_direction[moved]).float().mean())
+        if bool(moved.any()) else math.nan)
+    _lap(timings, "aggregate", toc)
+    return w_next
 
 
 @dataclass

@@ -35,14 +35,30 @@ def sample_batches(
     all of them (mask False on the padding). One random key per (worker, local example) and a
     top-k: no loop over workers.
     """
+    pos = batch_positions(partition, workers, batch_size, generator)
+    return batch_examples(partition, workers, pos)
+
+
+def batch_positions(
+    partition: Partition, workers: Tensor, batch_size: int, generator: torch.Generator
+) -> Tensor:
+    """The draw of :func:`sample_batches`: positions [k, B] into each worker's examples
+    (``partition.indices`` rows); a position at or past the worker's count is padding.
+
+    Separate so that a server can draw the batches and send each worker its own row
+    (``fedpoison.flower``) while the draw stays the simulator's."""
     counts = partition.counts[workers]
-    rows = partition.indices[workers]
-    width = rows.shape[1]
-    keys = torch.rand(rows.shape, generator=generator)
+    width = partition.indices.shape[1]
+    keys = torch.rand((workers.numel(), width), generator=generator)
     keys.masked_fill_(torch.arange(width) >= counts[:, None], 2.0)
     take = min(batch_size, width)
-    pos = torch.topk(keys, take, dim=1, largest=False, sorted=False).indices
-    mask = pos < counts[:, None]
+    return torch.topk(keys, take, dim=1, largest=False, sorted=False).indices
+
+
+def batch_examples(partition: Partition, workers: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """Example ids [k, B] and mask [k, B] of the positions ``pos`` [k, B] of ``workers``."""
+    rows = partition.indices[workers]
+    mask = pos < partition.counts[workers][:, None]
     return torch.gather(rows, 1, pos), mask
 
 
@@ -98,11 +114,18 @@ class Task:
         W = w.expand(k, -1).clone()
         for _ in range(rounds):
             idx, mask = sample_batches(self.partition, workers, self.batch_size, generator)
-            idx, mask = idx.to(self.device), mask.to(self.device)
-            x = self._x_rows.index_select(0, idx.view(-1)).view(*idx.shape, *self._input_shape)
-            y = labels[idx]
-            W.sub_(self.model.batched_grad(W, x, y, mask), alpha=self.lr)
+            self.sgd_step(W, idx, mask, labels)
         return W
+
+    def sgd_step(self, W: Tensor, idx: Tensor, mask: Tensor, labels: Tensor) -> None:
+        """One local SGD step of every row of ``W`` [k, d] (in place) on its mini-batch:
+        example ids ``idx`` [k, B] with ``mask`` [k, B] (False on padding), ``labels`` as
+        the workers see them. The step :meth:`local_train` takes; a Flower ClientApp takes
+        the same one (``fedpoison.flower``)."""
+        idx, mask = idx.to(self.device), mask.to(self.device)
+        x = self._x_rows.index_select(0, idx.view(-1)).view(*idx.shape, *self._input_shape)
+        y = labels[idx]
+        W.sub_(self.model.batched_grad(W, x, y, mask), alpha=self.lr)
 
     def train_on(self, w: Tensor, x: Tensor, y: Tensor, rounds: int,
                  generator: torch.Generator) -> Tensor:
