@@ -25,6 +25,7 @@ from fedpoison.attacks.krum_attack import (
     solve_krum_lambda,
     solve_partial_krum_lambda,
 )
+from fedpoison.attacks.scaling import scaling_attack
 from fedpoison.attacks.trimmed_mean_attack import trimmed_mean_attack
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "krum_attack",
     "krum_attack_solution",
     "label_flip",
+    "scaling_attack",
     "solve_krum_lambda",
     "solve_partial_krum_lambda",
     "trimmed_mean_attack",
