@@ -136,6 +136,17 @@ def test_the_backdoor_succeeds_in_a_small_run_and_results_carry_the_asr() -> Non
     assert not {"final_asr", "max_asr", "asr_curve"} & set(clean.to_json())
 
 
+def test_final_and_highest_asr_of_the_curve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedpoison.simulation import Setup
+
+    values = iter([0.2, 0.9, 0.5, 0.4])
+    monkeypatch.setattr(Setup, "attack_success_rate", lambda self, w: next(values))
+    r = run(RunConfig(dataset="mnist", **{**SMALL, "iterations": 20},  # type: ignore[arg-type]
+                      attack="scaling"), dataset=images())
+    assert r.asr_curve == [(5, 0.2), (10, 0.9), (15, 0.5), (20, 0.4)]
+    assert (r.final_asr, r.max_asr) == (0.4, 0.9)
+
+
 def test_backdoor_declaration_is_checked() -> None:
     with pytest.raises(registry.RegistryError, match="backdoor's target option 'klass'"):
         registry.register_attack("bad-bd", lambda ctx: ctx.compromised,
@@ -152,9 +163,10 @@ def _mnist() -> None:
 
 @pytest.mark.slow
 def test_asr_above_0_9_against_mean_on_lr_mnist_with_clean_error_kept() -> None:
-    """The issue's goal: paper setting (m = 100, c = 20, p = 0.5), 200 iterations."""
+    """The issue's goal, in the paper's setting (m = 100, c = 20, p = 0.5): ASR ≥ 0.9 within
+    200 iterations. 100 keep the test short; the ASR is above 0.99 from iteration 10 on."""
     _mnist()
-    base = dict(dataset="mnist", model="lr", rule="mean", iterations=200, eval_every=200)
+    base = dict(dataset="mnist", model="lr", rule="mean", iterations=100, eval_every=100)
     clean = run(RunConfig(**base))  # type: ignore[arg-type]
     attacked = run(RunConfig(**base, attack="scaling"))  # type: ignore[arg-type]
     assert attacked.final_asr is not None and attacked.final_asr >= 0.9
