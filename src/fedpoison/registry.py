@@ -320,11 +320,12 @@ class Backdoor:
     (images [n, C, H, W] or tabular [n, F]) and returns a new tensor; it is called with all
     the attack's options. ``target`` names the option that holds the target class. ``share``
     names the option with the share of each compromised worker's examples that carry the
-    trigger (``None``: all of them). With a backdoor declared, the adversary stamps that
-    share of the compromised workers' training examples and relabels them to the target
-    (used in the poisoned iterations only, like a label change), and the run reports the
-    attack success rate: the share of the stamped non-target test examples that the global
-    model classifies as the target.
+    trigger (``None``: all of them). For a model attack with a backdoor, the adversary stamps
+    that share of the compromised workers' training examples and relabels them to the
+    target (used in the poisoned iterations only, like a label change) before the attack
+    crafts from the local models trained on them; a data attack with a backdoor poisons the
+    data itself. Either way the run reports the attack success rate: the share of the
+    stamped non-target test examples that the global model classifies as the target.
     """
 
     stamp: Callable[..., Any]
