@@ -6,11 +6,17 @@ what its knowledge level allows (under partial knowledge the benign models are n
 all). A data-poisoning attack changes the compromised workers' training data once, before
 training (Section 4.1, 4.4). The rule an attack is crafted against is an option of the
 attack (``target_rule``, default the server's rule), bound here with the server's ``f``.
+
+An attack that declares a backdoor (:class:`~fedpoison.registry.Backdoor`) has a data part
+done here, whatever its kind: a share of the compromised workers' training examples gets the
+trigger and the target label (the simulation uses them in the poisoned iterations only), and
+:meth:`Adversary.backdoor_test` gives the stamped non-target test examples on which the run
+measures the attack success rate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +25,8 @@ from torch import Tensor
 
 from fedpoison import registry
 from fedpoison.attacks.base import AttackContext, DataAttackContext, TrainingData
-from fedpoison.registry import AttackSpec
+from fedpoison.errors import ConfigError
+from fedpoison.registry import AttackSpec, Backdoor
 from fedpoison.server import Notes, Pipeline, bind_pipeline
 
 
@@ -46,14 +53,17 @@ class Adversary:
     generator: torch.Generator
     target: Pipeline | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    init: Callable[[torch.Generator], Tensor] | None = None  # the model's initializer
 
     @classmethod
     def build(cls, attack: str, options: Mapping[str, Any], *, compromised: Tensor,
               workers: int, schedule: Tensor, knowledge: str | None, goal: str | None,
               f: int, generator: torch.Generator, server_rule: str,
               server_rule_options: Mapping[str, Any],
-              server_preaggs: tuple[tuple[str, Mapping[str, Any]], ...] = ()) -> Adversary:
-        """The adversary of a resolved config (``attack`` ``none`` gives an idle one)."""
+              server_preaggs: tuple[tuple[str, Mapping[str, Any]], ...] = (),
+              init: Callable[[torch.Generator], Tensor] | None = None) -> Adversary:
+        """The adversary of a resolved config (``attack`` ``none`` gives an idle one).
+        ``init`` is the model's initializer, handed to model attacks (``ctx.init``)."""
         is_c = torch.zeros(workers, dtype=torch.bool)
         is_c[compromised] = True
         spec = None if attack == "none" else registry.get("attack", attack)
@@ -68,17 +78,76 @@ class Adversary:
                 else:
                     target = bind_pipeline(target_name, {})
         return cls(spec, opts, compromised, is_c, schedule, knowledge, goal, f, generator,
-                   target)
+                   target, init=init)
 
     @property
     def crafts_models(self) -> bool:
         return self.spec is not None and not self.spec.data
 
+    @property
+    def backdoor(self) -> Backdoor | None:
+        """The attack's backdoor declaration, or ``None``."""
+        return None if self.spec is None else self.spec.backdoor
+
     def poison_data(self, ctx: DataAttackContext) -> TrainingData:
-        """The training data after a data-poisoning attack (unchanged otherwise)."""
-        if self.spec is None or not self.spec.data:
+        """The training data after a data-poisoning attack, or with a backdoor's trigger
+        stamped on the compromised workers' examples (unchanged otherwise)."""
+        if self.spec is None:
             return ctx.data
-        return self.spec.impl(ctx, **self.options)
+        if self.spec.data:
+            return self.spec.impl(ctx, **self.options)
+        if self.backdoor is not None:
+            return self._stamp_training(ctx)
+        return ctx.data
+
+    def _target_class(self, num_classes: int) -> int:
+        assert self.spec is not None and self.backdoor is not None
+        name = self.backdoor.target
+        target = int(self.options[name])
+        if not 0 <= target < num_classes:
+            raise ConfigError("attack_options", f"{self.spec.label}, option {name}: the "
+                                                f"target class must be in [0, {num_classes - 1}]"
+                                                f", got {target}")
+        return target
+
+    def stamp(self, x: Tensor) -> Tensor:
+        """``x`` [n, ...] with the backdoor's trigger (the attack's options applied)."""
+        assert self.spec is not None and self.backdoor is not None
+        try:
+            out = self.backdoor.stamp(x, **self.options)
+        except ValueError as e:
+            raise ConfigError("attack_options", f"{self.spec.label}: {e}") from None
+        if out.shape != x.shape or out is x:
+            raise ValueError(f"{self.spec.label}: stamp must return a new tensor of the "
+                             f"inputs' shape {tuple(x.shape)}")
+        return out.to(x.dtype)
+
+    def _stamp_training(self, ctx: DataAttackContext) -> TrainingData:
+        """The backdoor's share of every compromised worker's examples, stamped and labelled
+        with the target class (a seeded coin per example when the share is below 1)."""
+        assert self.backdoor is not None
+        data = ctx.data
+        target = self._target_class(ctx.num_classes)
+        chosen = torch.isin(data.owner, ctx.compromised_workers)
+        share = 1.0 if self.backdoor.share is None else float(self.options[self.backdoor.share])
+        if share < 1.0:
+            chosen &= torch.rand(data.owner.shape, generator=ctx.generator) < share
+        x = data.x.clone()
+        x[chosen] = self.stamp(data.x[chosen])
+        y = torch.where(chosen, torch.full_like(data.y, target), data.y)
+        return TrainingData(x=x, y=y, owner=data.owner)
+
+    def backdoor_test(self, x: Tensor, y: Tensor, num_classes: int
+                      ) -> tuple[Tensor, Tensor] | None:
+        """The test examples whose class is not the target, with the trigger, and the target
+        as their label: the attack succeeds on an example when the model predicts its label.
+        ``None`` without a backdoor."""
+        if self.backdoor is None:
+            return None
+        target = self._target_class(num_classes)
+        keep = y != target
+        xs = self.stamp(x[keep])
+        return xs, torch.full_like(y[keep], target)
 
     def craft(self, W: Tensor, workers: Tensor, w_re: Tensor, t: int,
               notes: Notes | None) -> Tensor | None:
@@ -105,6 +174,7 @@ class Adversary:
             generator=self.generator,
             target=self.target,
             notes=notes,
+            init=self.init,
         )
         W[rows] = self.spec.impl(ctx, **self.options).to(W.dtype)
         return rows

@@ -332,6 +332,27 @@ GOALS = ("directed", "deviation")
 
 
 @dataclass(frozen=True)
+class Backdoor:
+    """What a backdoor attack declares (``register_attack(..., backdoor=Backdoor(...))``).
+
+    ``stamp(x, **options) -> x'`` puts the trigger on a batch of inputs ``x`` [n, *shape]
+    (images [n, C, H, W] or tabular [n, F]) and returns a new tensor; it is called with all
+    the attack's options. ``target`` names the option that holds the target class. ``share``
+    names the option with the share of each compromised worker's examples that carry the
+    trigger (``None``: all of them). For a model attack with a backdoor, the adversary stamps
+    that share of the compromised workers' training examples and relabels them to the
+    target (used in the poisoned iterations only, like a label change) before the attack
+    crafts from the local models trained on them; a data attack with a backdoor poisons the
+    data itself. Either way the run reports the attack success rate: the share of the
+    stamped non-target test examples that the global model classifies as the target.
+    """
+
+    stamp: Callable[..., Any]
+    target: str = "target"
+    share: str | None = None
+
+
+@dataclass(frozen=True)
 class AttackSpec(Spec):
     """A model-poisoning attack ``craft(ctx: AttackContext, **options) -> Tensor[c, d]`` or a
     data-poisoning attack ``poison(ctx: DataAttackContext, **options) -> TrainingData``.
@@ -341,7 +362,9 @@ class AttackSpec(Spec):
     when it is crafted against one rule only, ``None`` when it does not assume a rule.
     ``aliases`` maps other names to preset options (``median`` → the trimmed-mean attack
     with ``target_rule: median``). ``check(m, c, f, knowledge, goal, **options)`` rejects a
-    combination up front (``ValueError``).
+    combination up front (``ValueError``). ``backdoor`` (a :class:`Backdoor`): the attack
+    plants a trigger; the run then stamps the compromised workers' data and reports the
+    attack success rate.
     """
 
     data: bool = False
@@ -350,6 +373,19 @@ class AttackSpec(Spec):
     target: str | None = None
     check: Callable[..., Any] | None = None
     aliases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    backdoor: Backdoor | None = None
+
+    def __post_init__(self) -> None:
+        bd = self.backdoor
+        if bd is None:
+            return
+        if not isinstance(bd, Backdoor) or not callable(bd.stamp):
+            raise RegistryError(f"{self.label}: backdoor must be a Backdoor(stamp, target, "
+                                "share)")
+        for role, name in (("target", bd.target), ("share", bd.share)):
+            if name is not None and self.option(name) is None:
+                raise RegistryError(f"{self.label}: its backdoor's {role} option {name!r} is "
+                                    "not among its options")
 
     @property
     def type(self) -> str:
@@ -357,7 +393,8 @@ class AttackSpec(Spec):
 
     def requirements(self) -> dict[str, Any]:
         return {"type": self.type, "knowledge": list(self.knowledge), "goals": list(self.goals),
-                "target": self.target, "aliases": sorted(self.aliases)}
+                "target": self.target, "aliases": sorted(self.aliases),
+                "backdoor": self.backdoor is not None}
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,14 @@ __all__ = ["PHASES", "Detection", "RunResult", "Setup", "attack_and_aggregate",
 
 @dataclass
 class RunResult:
-    """What one run produced. ``curve`` holds [iteration, test error] at every evaluation."""
+    """What one run produced. ``curve`` holds [iteration, test error] at every evaluation.
+
+    A run whose attack declares a backdoor also has its attack success rate (ASR: the share
+    of the non-target test examples, trigger stamped, that the global model classifies as
+    the target class): ``asr_curve`` [iteration, ASR] at every evaluation, ``final_asr`` at
+    the last one and ``max_asr`` the highest. Other runs have ``None`` there, and their JSON
+    has no ASR keys.
+    """
 
     config: dict[str, Any]
     config_hash: str
@@ -57,6 +64,9 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
     version: str = __version__
+    final_asr: float | None = None
+    max_asr: float | None = None
+    asr_curve: list[tuple[int, float]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (non-finite losses become ``None``)."""
@@ -64,6 +74,9 @@ class RunResult:
         def clean(x: float) -> float | None:
             return x if math.isfinite(x) else None
 
+        asr = {} if self.asr_curve is None else {
+            "final_asr": self.final_asr, "max_asr": self.max_asr,
+            "asr_curve": [[t, a] for t, a in self.asr_curve]}
         return {
             "final_error": self.final_error,
             "final_loss": clean(self.final_loss),
@@ -77,6 +90,7 @@ class RunResult:
             "config": self.config,
             "config_hash": self.config_hash,
             "version": self.version,
+            **asr,
         }
 
 
@@ -125,6 +139,17 @@ class Setup:
     train_generator: torch.Generator
     sample_generator: torch.Generator
     detection: Detection = field(default_factory=lambda: Detection())
+    inputs_poisoned: Tensor | None = None  # training inputs in poisoned iterations (rows)
+    backdoor_test: tuple[Tensor, Tensor] | None = None  # stamped non-target test set
+
+    def attack_success_rate(self, w: Tensor) -> float | None:
+        """The share of the stamped non-target test examples that ``w`` classifies as the
+        backdoor's target class (``None`` without a backdoor)."""
+        if self.backdoor_test is None:
+            return None
+        x, y = self.backdoor_test
+        error, _ = self.task.evaluate_many(w[None], x, y)
+        return 1.0 - float(error[0])
 
     def workers(self) -> Tensor:
         """The workers of this iteration: all of them, or a sorted uniform sample of k."""
@@ -141,7 +166,9 @@ class Setup:
         workers = self.workers()
         attacked = bool(self.adversary.schedule[t - 1])
         labels = self.labels_poisoned if attacked else self.labels_clean
-        W = self.task.local_train(w, workers, labels, cfg.local_rounds, self.train_generator)
+        inputs = self.inputs_poisoned if attacked else None
+        W = self.task.local_train(w, workers, labels, cfg.local_rounds, self.train_generator,
+                                  inputs=inputs)
         toc = _lap(timings, "train", tic)
         return attack_and_aggregate(self.server, self.adversary, W, workers, w, t, notes,
                                     self.detection, timings, toc)
@@ -250,7 +277,7 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
         cfg.attack, cfg.attack_options, compromised=compromised, workers=m, schedule=schedule,
         knowledge=cfg.knowledge, goal=cfg.goal, f=cfg.f, generator=generator(cfg.seed, "attack"),
         server_rule=cfg.rule, server_rule_options=cfg.rule_options,
-        server_preaggs=cfg.preaggregators,
+        server_preaggs=cfg.preaggregators, init=model.init,
     )
 
     clean = TrainingData(x=ds.x_train, y=ds.y_train, owner=partition.owner)
@@ -259,15 +286,21 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
         dataset=cfg.dataset, train_subset=cfg.train_subset, progress=progress))
     if poisoned_data.owner is not partition.owner:
         partition = Partition.from_owner(poisoned_data.owner, m)
-    task = Task(
-        ds, model, partition, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
-        x_train=poisoned_data.x,
-    )
-    labels_poisoned = poisoned_data.y.to(device)
-    # Label-changing attacks honour the poisoned-iteration schedule; an attack that adds
+    # Label-changing attacks honour the poisoned-iteration schedule, and so does one that
+    # changes inputs in place (same examples, same owners: a backdoor's trigger): the workers
+    # see the changed labels and inputs in poisoned iterations only. An attack that adds
     # examples (e.g. back-gradient poisoning) is in the data for the whole run.
     same_examples = poisoned_data.x is clean.x
-    labels_clean = clean.y.to(device) if same_examples else labels_poisoned
+    stamped = (not same_examples and poisoned_data.owner is clean.owner
+               and poisoned_data.x.shape == clean.x.shape)
+    task = Task(
+        ds, model, partition, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
+        x_train=clean.x if stamped else poisoned_data.x,
+    )
+    labels_poisoned = poisoned_data.y.to(device)
+    labels_clean = clean.y.to(device) if same_examples or stamped else labels_poisoned
+    inputs_poisoned = task.rows(poisoned_data.x) if stamped else None
+    backdoor_test = adversary.backdoor_test(task.x_test, task.y_test, ds.num_classes)
 
     pipeline = bind_pipeline(cfg.rule, cfg.rule_options, cfg.preaggregators)
     defense = None
@@ -281,7 +314,8 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
 
     w0 = model.init(generator(cfg.seed, "init")).to(device)
     return Setup(cfg, task, server, adversary, w0, labels_clean, labels_poisoned,
-                 generator(cfg.seed, "train"), generator(cfg.seed, "sample"))
+                 generator(cfg.seed, "train"), generator(cfg.seed, "sample"),
+                 inputs_poisoned=inputs_poisoned, backdoor_test=backdoor_test)
 
 
 def _server_data(task: Task, cfg: RunConfig) -> ServerData:
@@ -319,6 +353,7 @@ def run(
     assert cfg.iterations is not None
     curve: list[tuple[int, float]] = []
     loss_curve: list[tuple[int, float]] = []
+    asr_curve: list[tuple[int, float]] | None = [] if setup.backdoor_test is not None else None
     notes: Notes = {}
     timings["setup"] = time.perf_counter() - t_start
 
@@ -331,6 +366,9 @@ def run(
             ev = setup.task.evaluate(w)
             curve.append((t, ev.error))
             loss_curve.append((t, ev.loss))
+            asr = setup.attack_success_rate(w)
+            if asr_curve is not None and asr is not None:
+                asr_curve.append((t, asr))
             if on_evaluate is not None:
                 on_evaluate(t, ev.error)
             bar.set_postfix(error=f"{ev.error:.4f}", refresh=False)
@@ -354,6 +392,9 @@ def run(
         seconds=time.perf_counter() - t_start,
         timings=timings,
         diagnostics=diagnostics,
+        final_asr=asr_curve[-1][1] if asr_curve else None,
+        max_asr=max(a for _, a in asr_curve) if asr_curve else None,
+        asr_curve=asr_curve,
     )
 
 

@@ -96,6 +96,14 @@ class Task:
     def dim(self) -> int:
         return self.model.dim
 
+    def rows(self, x: Tensor) -> Tensor:
+        """Training inputs ``x`` [n, ...] (as many as the task's) as the flat rows on the
+        task's device that :meth:`local_train` takes as ``inputs``."""
+        if x.shape != self.x_train.shape:
+            raise ValueError(f"inputs of shape {tuple(x.shape)}; the task trains on "
+                             f"{tuple(self.x_train.shape)}")
+        return x.to(self.device).reshape(x.shape[0], -1).contiguous()
+
     def local_train(
         self,
         w: Tensor,
@@ -103,27 +111,34 @@ class Task:
         labels: Tensor,
         rounds: int,
         generator: torch.Generator,
+        inputs: Tensor | None = None,
     ) -> Tensor:
         """Local models of ``workers`` after ``rounds`` SGD steps from the global model ``w``.
 
         Each step is w_i ← w_i − α ∇F(w_i, B_i) with B_i a fresh batch of worker i's data
         (paper Section 2.1, Step II). ``labels`` are the training labels as the workers see
-        them (a data-poisoning attack may have changed some). Returns [k, d].
+        them (a data-poisoning attack may have changed some); ``inputs``, when given, the
+        training inputs as they see them (flat rows from :meth:`rows`, e.g. with a backdoor's
+        trigger stamped), else the task's own. Returns [k, d].
         """
         k = workers.numel()
         W = w.expand(k, -1).clone()
+        x_rows = self._x_rows if inputs is None else inputs
         for _ in range(rounds):
             idx, mask = sample_batches(self.partition, workers, self.batch_size, generator)
-            self.sgd_step(W, idx, mask, labels)
+            self.sgd_step(W, idx, mask, labels, x_rows)
         return W
 
-    def sgd_step(self, W: Tensor, idx: Tensor, mask: Tensor, labels: Tensor) -> None:
+    def sgd_step(self, W: Tensor, idx: Tensor, mask: Tensor, labels: Tensor,
+                 inputs: Tensor | None = None) -> None:
         """One local SGD step of every row of ``W`` [k, d] (in place) on its mini-batch:
-        example ids ``idx`` [k, B] with ``mask`` [k, B] (False on padding), ``labels`` as
-        the workers see them. The step :meth:`local_train` takes; a Flower ClientApp takes
-        the same one (``fedpoison.flower``)."""
+        example ids ``idx`` [k, B] with ``mask`` [k, B] (False on padding), ``labels`` and
+        ``inputs`` (flat rows, default the task's own) as the workers see them. The step
+        :meth:`local_train` takes; a Flower ClientApp takes the same one
+        (``fedpoison.flower``)."""
         idx, mask = idx.to(self.device), mask.to(self.device)
-        x = self._x_rows.index_select(0, idx.view(-1)).view(*idx.shape, *self._input_shape)
+        x_rows = self._x_rows if inputs is None else inputs
+        x = x_rows.index_select(0, idx.view(-1)).view(*idx.shape, *self._input_shape)
         y = labels[idx]
         W.sub_(self.model.batched_grad(W, x, y, mask), alpha=self.lr)
 

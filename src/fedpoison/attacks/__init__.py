@@ -25,6 +25,8 @@ from fedpoison.attacks.krum_attack import (
     solve_krum_lambda,
     solve_partial_krum_lambda,
 )
+from fedpoison.attacks.mpaf import mpaf_attack
+from fedpoison.attacks.scaling import scaling_attack
 from fedpoison.attacks.trimmed_mean_attack import trimmed_mean_attack
 from fedpoison.registry import import_submodules
 
@@ -40,6 +42,8 @@ __all__ = [
     "krum_attack",
     "krum_attack_solution",
     "label_flip",
+    "mpaf_attack",
+    "scaling_attack",
     "solve_krum_lambda",
     "solve_partial_krum_lambda",
     "trimmed_mean_attack",

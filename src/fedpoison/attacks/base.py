@@ -28,6 +28,9 @@ class AttackContext:
     transferability, Section 4.3), or ``None`` for an attack that assumes no rule.
     ``notes``, when given, collects per-iteration diagnostics an attack reports with
     ``note`` (e.g. the Krum attack's λ); the simulation summarises them in its result.
+    ``init(generator) -> Tensor[d]`` is the model's own initializer, for an attack that
+    draws a fresh model of the architecture (e.g. MPAF's base model); it is ``None`` when
+    the context was built without a model.
 
     Updates and models (the convention every attack uses): the update of worker i is
     ``Δᵢ = wᵢ − w_Re``; an attack defined on updates crafts ``Δ′`` and sends ``w_Re + Δ′``
@@ -44,6 +47,7 @@ class AttackContext:
     goal: Goal = "directed"
     target: Any = None
     notes: dict[str, list[float]] | None = None
+    init: Callable[[torch.Generator], Tensor] | None = None
 
     def note(self, name: str, value: float) -> None:
         """Record one value of the diagnostic ``name`` (a no-op unless ``notes`` was given)."""

@@ -134,6 +134,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"aggregate {t['aggregate']:.2f}, evaluate {t['evaluate']:.2f}] | "
             f"config {result.config_hash}"
         )
+        if result.final_asr is not None:
+            print(f"attack success rate {result.final_asr:.4f} (highest "
+                  f"{result.max_asr:.4f}): non-target test examples with the trigger "
+                  "classified as the target")
         line = diagnostics_line(result.diagnostics)
         if line:
             print(line)

@@ -17,10 +17,11 @@ One YAML format covers three kinds of spec (``kind`` is inferred when absent):
     ``series``), top-level ``series`` (the lines of every panel) and optional ``variants``
     (name → fields, the first is the default: e.g. ``lr`` and ``dnn``).
 
-Common keys: ``name``, ``title``, ``metric`` (``final_error``, ``best_error`` or
-``final_loss``), ``trials`` (trial t runs with seed t), ``quick`` (overrides for a reduced run,
-may hold ``trials``). A string value may name another field or axis in braces: ``attack:
-"{rule}"`` is the attack crafted for the point's rule.
+Common keys: ``name``, ``title``, ``metric`` (``final_error``, ``best_error``,
+``final_loss``, or ``final_asr`` / ``max_asr``: the attack success rate of a backdoor attack,
+"n/a" for runs without one), ``trials`` (trial t runs with seed t), ``quick`` (overrides for
+a reduced run, may hold ``trials``). A string value may name another field or axis in braces:
+``attack: "{rule}"`` is the attack crafted for the point's rule.
 
 Component options: ``rule_options``, ``attack_options`` and ``defense_options`` take a
 mapping (``attack_options: {epsilon: 0.1}``, which replaces the whole mapping), a dotted key
@@ -50,7 +51,7 @@ from fedpoison.config import RunConfig
 from fedpoison.errors import ConfigError
 
 KINDS = ("sweep", "table", "figure")
-METRICS = ("final_error", "best_error", "final_loss")
+METRICS = ("final_error", "best_error", "final_loss", "final_asr", "max_asr")
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 #: Fields whose value is a mapping of a component's options.
 OPTION_FIELDS = tuple(OPTION_FIELD_NAMES.values())

@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS sweeps (
 );
 """
 PHASES = ("setup", "train", "attack", "defense", "aggregate", "evaluate")
+RESULT_METRICS = ("final_asr", "max_asr")
+"""Metrics kept in the stored result JSON only (no column): a run with a backdoor attack
+has them, any other run has none (the store's schema is unchanged)."""
 
 
 @functools.cache
@@ -194,15 +197,20 @@ class ResultStore:
         rows = self._rows("SELECT result FROM runs WHERE key=?", (key,))
         return json.loads(rows[0][0]) if rows else None
 
-    def metrics(self, keys: Iterable[str], metric: str) -> dict[str, float]:
-        """``metric`` of every stored key among ``keys`` (missing keys are left out)."""
-        if metric not in ("final_error", "best_error", "final_loss", "seconds"):
+    def metrics(self, keys: Iterable[str], metric: str) -> dict[str, float | None]:
+        """``metric`` of every stored key among ``keys`` (missing keys are left out; a stored
+        run without the metric, e.g. the ASR of a run with no backdoor, maps to None)."""
+        if metric in RESULT_METRICS:  # read from the stored result JSON
+            column = f"json_extract(result, '$.{metric}')"
+        elif metric in ("final_error", "best_error", "final_loss", "seconds"):
+            column = metric
+        else:
             raise ValueError(f"unknown metric {metric!r}")
-        out: dict[str, float] = {}
+        out: dict[str, float | None] = {}
         wanted = list(dict.fromkeys(keys))
         for i in range(0, len(wanted), 500):
             chunk = wanted[i:i + 500]
-            q = f"SELECT key, {metric} FROM runs WHERE key IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT key, {column} FROM runs WHERE key IN ({','.join('?' * len(chunk))})"
             out.update(dict(self._rows(q, chunk)))
         return out
 
@@ -240,6 +248,7 @@ class ResultStore:
                 rec.update(flatten_config(json.loads(config)))
                 rec.update({"final_error": fe, "best_error": be, "final_loss": fl,
                             "best_iteration": res.get("best_iteration"), "seconds": sec})
+                rec.update({m: res[m] for m in RESULT_METRICS if m in res})
                 rec.update({f"time_{p}": t.get(p) for p in PHASES})
                 rec.update({"version": ver, "git_commit": commit, "executor": ex, "host": host,
                             "created_at": created, "curve": json.dumps(res.get("curve", []))})

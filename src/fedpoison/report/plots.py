@@ -43,8 +43,10 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
             "#7f7f7f", "#bcbd22", "#17becf")
 _MARKERS = "osD^v<>pP*Xh"
 YLABEL = {"final_error": "Testing error rate", "best_error": "Best testing error rate",
-          "final_loss": "Testing loss"}
-CURVE_FIELD = {"final_error": "curve", "best_error": "curve", "final_loss": "loss_curve"}
+          "final_loss": "Testing loss", "final_asr": "Attack success rate",
+          "max_asr": "Highest attack success rate"}
+CURVE_FIELD = {"final_error": "curve", "best_error": "curve", "final_loss": "loss_curve",
+               "final_asr": "asr_curve", "max_asr": "asr_curve"}
 """The stored curve each metric's error-vs-iteration plot draws."""
 
 

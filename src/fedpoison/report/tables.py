@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedpoison.experiments.spec import Point, SweepSpec
-from fedpoison.experiments.store import ResultStore
+from fedpoison.experiments.store import RESULT_METRICS, ResultStore
 
 
 @dataclass
@@ -35,6 +35,7 @@ class PointStats:
     other_version: int = 0  # trials shown that another version of the source computed
     elsewhere: int = 0  # missing trials that another version computed (not shown)
     keys: list[str] = field(default_factory=list)  # store keys of ``values``, in order
+    undefined: int = 0  # stored trials without this metric (an ASR without a backdoor)
 
     @property
     def mean(self) -> float:
@@ -52,7 +53,7 @@ class PointStats:
 
     @property
     def missing(self) -> int:
-        return self.expected - len(self.values)
+        return self.expected - len(self.values) - self.undefined
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"panel": self.point.block} if self.point.block else {}
@@ -104,6 +105,8 @@ def collect(spec: SweepSpec, store: ResultStore, any_version: bool = False
         if v is not None:
             s.values.append(float(v))
             s.keys.append(key)
+        elif key in metric and spec.metric in RESULT_METRICS:
+            s.undefined += 1  # stored, but the metric does not apply (no backdoor)
         if key in loss and loss[key] is None:  # stored, with a non-finite loss
             s.non_finite += 1
         if p.key in other:
@@ -184,7 +187,7 @@ def _cell(s: PointStats, paper: bool) -> str:
     if paper:
         ref = " (paper " + ("–" if s.paper is None else f"{s.paper:.2f}") + ")"
     if not s.values:
-        return "–" + ref
+        return ("n/a" if s.undefined and not s.missing else "–") + ref
     partial = f" [{len(s.values)}/{s.expected}]" if s.missing else ""
     mark = f" †{s.non_finite}" if s.non_finite else ""
     mark += f" ‡{s.other_version}" if s.other_version else ""
@@ -194,6 +197,8 @@ def _cell(s: PointStats, paper: bool) -> str:
 NON_FINITE_NOTE = ("†n: in n trials the final global model's test cross-entropy was not finite "
                    "(stored as null): its weights or logits overflowed; a model with non-finite "
                    "logits gets every prediction wrong (error 1.0).")
+UNDEFINED_NOTE = ("n/a: the metric does not apply to these runs (an attack success rate is "
+                  "measured only for an attack that plants a backdoor).")
 OTHER_VERSION_NOTE = ("‡n: n trials were computed by another version of fedpoison's source "
                       "(same config; shown because of --any-version).")
 
@@ -238,6 +243,8 @@ def format_markdown(spec: SweepSpec, stats: list[PointStats], note: str = "") ->
         lines += ["", NON_FINITE_NOTE]
     if any(s.other_version for s in stats):
         lines += ["", OTHER_VERSION_NOTE]
+    if any(s.undefined for s in stats):
+        lines += ["", UNDEFINED_NOTE]
     return "\n".join(lines) + "\n"
 
 
