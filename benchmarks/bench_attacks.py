@@ -75,7 +75,8 @@ def bench_shape(label: str, d: int, repeats: int) -> None:
                     continue
                 ctx = make_context(W, w_re, target, knowledge, goal)
                 name = f"{attack} {knowledge}" + (f" {goal}" if spec.goals else "")
-                cases[name] = lambda ctx=ctx, spec=spec: spec.impl(ctx)
+                options = spec.resolve_options({})  # the attack's defaults
+                cases[name] = lambda ctx=ctx, spec=spec, o=options: spec.impl(ctx, **o)
     for fn in cases.values():  # warm-up
         fn()
     times = {k: np.empty(repeats) for k in cases}

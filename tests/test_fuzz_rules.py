@@ -459,6 +459,7 @@ def test_model_attacks_never_warn() -> None:
                             f=c, generator=torch.Generator().manual_seed(t),
                             target=bind_pipeline(target, {}) if target else None,
                         )
-                        options = {} if direction is None else {"direction": direction}
+                        options = spec.resolve_options(
+                            {} if direction is None else {"direction": direction})
                         with contextlib.suppress(ValueError):
                             spec.impl(ctx, **options)
