@@ -2,8 +2,9 @@
 
 A faithful and fast reproduction of Fang, Cao, Jia and Gong, "Local Model Poisoning Attacks
 to Byzantine-Robust Federated Learning" (USENIX Security 2020), and an open core: every
-aggregation rule, pre-aggregator, attack, defense, dataset and model is a registered
-component, and users add theirs with the ``register_*`` functions (docs/extending.md).
+aggregation rule, pre-aggregator, attack, defense, dataset, model and data split is a
+registered component, and users add theirs with the ``register_*`` functions
+(docs/extending.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
         register_model,
         register_preaggregator,
         register_rule,
+        register_split,
     )
     from fedpoison.simulation import RunResult, prepare, run
 
@@ -46,6 +48,7 @@ _LAZY = {
     "register_defense": "fedpoison.registry",
     "register_dataset": "fedpoison.data.custom",
     "register_model": "fedpoison.registry",
+    "register_split": "fedpoison.registry",
     "FedpoisonError": "fedpoison.errors",
     "ConfigError": "fedpoison.errors",
     "DataError": "fedpoison.errors",
@@ -71,6 +74,7 @@ __all__ = [
     "register_model",
     "register_preaggregator",
     "register_rule",
+    "register_split",
     "run",
 ]
 

@@ -27,7 +27,7 @@ from fedpoison import __version__, registry
 from fedpoison.adversary import Adversary, poisoned_iterations
 from fedpoison.attacks.base import DataAttackContext, TrainingData
 from fedpoison.config import RunConfig
-from fedpoison.data import Dataset, Partition, load, noniid_partition
+from fedpoison.data import Dataset, Partition, load
 from fedpoison.defenses.base import BoundDefense
 from fedpoison.errors import ConfigError
 from fedpoison.models import build_model
@@ -223,9 +223,7 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
 
         tune_cpu_allocator()
     m, c = cfg.workers, cfg.compromised
-    partition = noniid_partition(
-        ds.y_train, m, cfg.noniid, ds.num_classes, generator(cfg.seed, "split")
-    )
+    partition = _split(cfg, ds)
     # Which workers are compromised: a seeded uniform choice (see docs/choices.md).
     compromised = torch.randperm(m, generator=generator(cfg.seed, "compromised"))[:c].sort()[0]
     schedule = poisoned_iterations(cfg.iterations, cfg.poison_fraction,
@@ -266,6 +264,22 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
     w0 = model.init(generator(cfg.seed, "init")).to(device)
     return Setup(cfg, task, server, adversary, w0, labels_clean, labels_poisoned,
                  generator(cfg.seed, "train"), generator(cfg.seed, "sample"))
+
+
+def _split(cfg: RunConfig, ds: Dataset) -> Partition:
+    """The training set over the workers by the configured split (seeded ``split`` stream)."""
+    spec = registry.get("split", cfg.split)
+    try:
+        partition = spec.impl(ds.y_train, cfg.workers, ds.num_classes,
+                              generator(cfg.seed, "split"), **cfg.split_options)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a precondition that needs the data (e.g. enough examples)
+        raise ConfigError("split", f"{spec.label} of {ds.name}: {e}") from None
+    if not isinstance(partition, Partition) or partition.owner.shape != ds.y_train.shape:
+        raise ConfigError("split", f"{spec.label}: must return a Partition of the "
+                                   f"{ds.y_train.numel()} training examples")
+    return partition
 
 
 def _server_data(task: Task, cfg: RunConfig) -> ServerData:

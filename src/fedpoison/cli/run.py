@@ -21,9 +21,9 @@ from fedpoison.cli.common import number
 
 #: Option flags for the component option mappings (config field → flag).
 OPTION_FLAGS = {"rule_options": "--rule-opt", "attack_options": "--attack-opt",
-                "defense_options": "--defense-opt"}
+                "defense_options": "--defense-opt", "split_options": "--split-opt"}
 _KIND_OF_FIELD = {"rule": "rule", "attack": "attack", "defense": "defense", "dataset": "dataset",
-                  "model": "model"}
+                  "model": "model", "split": "split"}
 
 
 def _field_type(hint: Any) -> type:
@@ -86,9 +86,12 @@ def add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()
                 continue
             seen.add(alias)
             where = ", ".join(f"{kind} {c}" for c, _ in targets)
+            option = registry.get(kind, targets[0][0]).option(targets[0][1])
             aliases.add_argument("--" + alias.replace("_", "-"), dest=f"alias:{alias}",
                                  default=None, metavar="VALUE",
-                                 help=f"option {targets[0][1]} of {where}")
+                                 help=f"option {targets[0][1]} of {where}: {option.help}, "
+                                      f"{option.allowed()} (default: "
+                                      f"{option.shown_default()})")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
