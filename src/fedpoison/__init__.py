@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         ProvenanceError,
         RegistryError,
     )
+    from fedpoison.modelfile import load_model
     from fedpoison.registry import (
         Diagnostic,
         Option,
@@ -40,6 +41,7 @@ _LAZY = {
     "run": "fedpoison.simulation",
     "RunResult": "fedpoison.simulation",
     "prepare": "fedpoison.simulation",
+    "load_model": "fedpoison.modelfile",
     "Option": "fedpoison.registry",
     "Diagnostic": "fedpoison.registry",
     "register_rule": "fedpoison.registry",
@@ -67,6 +69,7 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "__version__",
+    "load_model",
     "prepare",
     "register_attack",
     "register_dataset",

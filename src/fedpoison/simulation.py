@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +44,12 @@ __all__ = ["PHASES", "RunResult", "Setup", "poisoned_iterations", "prepare", "ru
 
 @dataclass
 class RunResult:
-    """What one run produced. ``curve`` holds [iteration, test error] at every evaluation."""
+    """What one run produced. ``curve`` holds [iteration, test error] at every evaluation.
+
+    ``model`` is the final global model (flat, on the CPU) and ``model_layout`` the names and
+    shapes of its tensors in that vector when the model declares them; neither is part of
+    :meth:`to_json`. :meth:`save_model` writes them to a file (:mod:`fedpoison.modelfile`).
+    """
 
     config: dict[str, Any]
     config_hash: str
@@ -57,6 +63,26 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
     version: str = __version__
+    model: Tensor | None = field(default=None, repr=False, compare=False)
+    model_layout: list[tuple[str, tuple[int, ...]]] | None = field(default=None, repr=False,
+                                                                    compare=False)
+
+    def model_tensors(self) -> dict[str, Tensor]:
+        """The final global model as ``{name: tensor}`` (``{"flat": w}`` without a layout)."""
+        from fedpoison.modelfile import model_tensors
+
+        if self.model is None:
+            raise ValueError("this RunResult holds no model (it was read back from JSON)")
+        return model_tensors(self.model, self.model_layout)
+
+    def save_model(self, path: str | Path) -> Path:
+        """Write the final global model with this run's result as metadata (a file that
+        ``torch.load(path, weights_only=True)`` and :func:`fedpoison.load_model` read)."""
+        from fedpoison.modelfile import save_model
+
+        if self.model is None:
+            raise ValueError("this RunResult holds no model (it was read back from JSON)")
+        return save_model(path, self.model, self.model_layout, self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (non-finite losses become ``None``)."""
@@ -352,7 +378,17 @@ def run(
         seconds=time.perf_counter() - t_start,
         timings=timings,
         diagnostics=diagnostics,
+        model=w.detach().cpu(),
+        model_layout=_layout_of(setup.task.model),
     )
+
+
+def _layout_of(model: Any) -> list[tuple[str, tuple[int, ...]]] | None:
+    """Names and shapes of the model's tensors in its flat vector (its ``layout``), if any."""
+    layout = getattr(model, "layout", None)
+    if layout is None:
+        return None
+    return [(slot.name, tuple(slot.shape)) for slot in layout]
 
 
 def _progress_bar(cfg: RunConfig, enabled: bool) -> Any:

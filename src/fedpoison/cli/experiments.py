@@ -49,6 +49,10 @@ def add_commands(sub: Any) -> None:
                         "default: fitted to the data")
     p.add_argument("--export", action="append", default=[], metavar="FILE",
                    help="write every stored run to FILE.csv or FILE.parquet (repeatable)")
+    p.add_argument("--runs", action="store_true",
+                   help="a table of every stored run, one line each (runs.md, runs.csv); the "
+                        "default for a store that records no sweep (runs kept by "
+                        "fedpoison run --store)")
     add_spec_options(p)
     p.add_argument("--out", default=str(Path("results") / "report"),
                    help="folder for tables and figures, created if missing "
@@ -148,13 +152,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 raise ConfigError("export", f"cannot write {path}: {e.strerror or e}") from None
             print(f"exported {n} runs to {path}", file=sys.stderr)
         wanted = [(n, False) for n in args.table] + [(n, True) for n in args.figure]
+        runs = None
         if not wanted and not args.export:
             recorded = store.sweeps()
+            if not recorded and not len(store):
+                raise ConfigError("table", f"{args.store} holds no run and records no sweep")
             if not recorded:
-                raise ConfigError("table", f"{args.store} records no sweep ({len(store)} runs);"
-                                           " name a preset or spec with --table")
+                args.runs = True
             wanted = [(r["name"], r["spec"].get("kind") == "figure" or "panels" in r["spec"])
                       for r in recorded]
+        if args.runs:
+            runs = list(store.records())
         specs = [(_resolve(name, store, args), plot) for name, plot in wanted]
         results = []
         for spec, plot in specs:
@@ -166,7 +174,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 raise ConfigError("curves", f"{spec.record_name}: its stored runs in "
                                             f"{args.store} hold no error curve")
             results.append((spec, stats, plot, curves))
-    dump = []
+    dump: list[Any] = []
+    if runs is not None:
+        from fedpoison.report.tables import runs_table
+
+        md, csv_text = runs_table(runs)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "runs.md").write_text(md)
+            (out / "runs.csv").write_text(csv_text)
+        except OSError as e:
+            raise ConfigError("out", f"cannot write into {out}: {e.strerror or e}") from None
+        if args.json:
+            dump.append({"name": "runs", "runs": [{k: v for k, v in r.items() if k != "curve"}
+                                                  for r in runs]})
+        else:
+            print(md)
+        print(f"written: {out / 'runs.md'}, {out / 'runs.csv'}", file=sys.stderr)
     for spec, stats, plot, curves in results:
         note = note_for(spec)
         try:
