@@ -16,7 +16,7 @@ import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,11 @@ from fedpoison.data import Dataset, Partition, load
 from fedpoison.defenses.base import BoundDefense
 from fedpoison.errors import ConfigError
 from fedpoison.models import build_model
+from fedpoison.progress import Bar, Progress, bar_factory
 from fedpoison.rng import generator
 from fedpoison.server import Notes, Server, ServerData, bind_pipeline
 from fedpoison.tasks import Task
+from fedpoison.tracking import RunLog, Tracker
 
 PHASES = ("setup", "train", "attack", "defense", "aggregate", "evaluate")
 
@@ -233,7 +235,7 @@ def _lap(timings: dict[str, float] | None, phase: str, since: float) -> float:
 
 
 def prepare(config: RunConfig, dataset: Dataset | None = None,
-            progress: bool = False) -> Setup:
+            progress: Progress = False) -> Setup:
     """Build the task, server and adversary of ``config`` (resolved here if it is not)."""
     cfg = config.resolve()
     assert cfg.iterations is not None and cfg.f is not None and cfg.batch_size is not None
@@ -327,17 +329,24 @@ def _server_data(task: Task, cfg: RunConfig) -> ServerData:
 def run(
     config: RunConfig,
     *,
-    progress: bool = False,
+    progress: Progress = True,
     dataset: Dataset | None = None,
     on_evaluate: Callable[[int, float], None] | None = None,
+    track: Sequence[str | Tracker] = (),
 ) -> RunResult:
     """Simulate one run of federated learning under the configured attack.
 
-    ``dataset`` lets callers (tests, sweeps) pass an already loaded dataset; by default it is
-    loaded from the data home. ``on_evaluate(iteration, error)`` is called at each evaluation.
+    ``progress``: a bar over the iterations (and long preparation such as a poison set):
+    True (the default) uses ``tqdm.auto`` (a widget in notebooks, stderr elsewhere), False
+    shows nothing, a bar factory is used as given (:mod:`fedpoison.progress`). ``dataset``
+    lets callers (tests, sweeps) pass an already loaded dataset; by default it is loaded
+    from the data home. ``on_evaluate(iteration, error)`` is called at each evaluation.
+    ``track``: targets that log every evaluation (``"tensorboard:DIR"``, ``"mlflow"``,
+    ``"mlflow:URI"`` or :class:`~fedpoison.tracking.Tracker` objects; :mod:`fedpoison.tracking`).
     """
     t_start = time.perf_counter()
     timings = dict.fromkeys(PHASES, 0.0)
+    log = RunLog(track) if track else None  # a missing library fails before any work
     setup = prepare(config, dataset, progress)
     cfg = setup.config
     assert cfg.iterations is not None
@@ -347,25 +356,42 @@ def run(
     timings["setup"] = time.perf_counter() - t_start
 
     w = setup.w0
+    if log is not None:
+        log.start(cfg.to_dict(), cfg.config_hash())
     bar = _progress_bar(cfg, progress)
-    for t in range(1, cfg.iterations + 1):
-        w = setup.step(w, t, notes, timings)
-        if t % cfg.eval_every == 0 or t == cfg.iterations:
-            tic = time.perf_counter()
-            ev = setup.task.evaluate(w)
-            curve.append((t, ev.error))
-            loss_curve.append((t, ev.loss))
-            if on_evaluate is not None:
-                on_evaluate(t, ev.error)
-            bar.set_postfix(error=f"{ev.error:.4f}", refresh=False)
-            timings["evaluate"] += time.perf_counter() - tic
-        bar.update(1)
-    bar.close()
+    try:
+        for t in range(1, cfg.iterations + 1):
+            w = setup.step(w, t, notes, timings)
+            if t % cfg.eval_every == 0 or t == cfg.iterations:
+                tic = time.perf_counter()
+                ev = setup.task.evaluate(w)
+                curve.append((t, ev.error))
+                loss_curve.append((t, ev.loss))
+                if on_evaluate is not None:
+                    on_evaluate(t, ev.error)
+                if log is not None:
+                    log.evaluation(t, dataclasses.asdict(ev), notes)
+                bar.set_postfix_str(f"error={ev.error:.4f}", refresh=False)
+                timings["evaluate"] += time.perf_counter() - tic
+            bar.update(1)
+    except BaseException as e:
+        if log is not None:
+            log.finish({}, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    finally:
+        bar.close()
 
     best_t, best_err = min(curve, key=lambda te: (te[1], te[0]))
     diagnostics = summarize_notes(notes)
     if setup.detection.iterations:
         diagnostics["detection"] = setup.detection.summary()
+    if log is not None:
+        summary = {"final/error": curve[-1][1], "final/loss": loss_curve[-1][1],
+                   "final/best_error": best_err, "final/best_iteration": best_t,
+                   "final/seconds": time.perf_counter() - t_start}
+        summary.update({f"final/detection_{k}": v
+                        for k, v in diagnostics.get("detection", {}).items()})
+        log.finish(summary)
     return RunResult(
         config=cfg.to_dict(),
         config_hash=cfg.config_hash(),
@@ -391,10 +417,8 @@ def _layout_of(model: Any) -> list[tuple[str, tuple[int, ...]]] | None:
     return [(slot.name, tuple(slot.shape)) for slot in layout]
 
 
-def _progress_bar(cfg: RunConfig, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
+def _progress_bar(cfg: RunConfig, progress: Progress) -> Bar:
     desc = f"{cfg.dataset}/{cfg.model} {cfg.rule}"
     if cfg.attack != "none":
         desc += f" ← {cfg.attack}" + (f"({cfg.knowledge})" if cfg.knowledge else "")
-    return tqdm(total=cfg.iterations, desc=desc, disable=not enabled, unit="it", leave=False)
+    return bar_factory(progress)(total=cfg.iterations, desc=desc, unit="it")

@@ -126,6 +126,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedpoison.simulation import run
 
     config = config_from_args(args).resolve()  # validate before loading anything
+    from fedpoison.tracking import parse_target
+
+    for target in args.log:
+        parse_target(target)
     save = None
     if args.save_model:
         from fedpoison.modelfile import check_writable
@@ -136,7 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from fedpoison.errors import ConfigError
 
             raise ConfigError("force", "only applies with --store")
-        result = run(config, progress=not args.no_progress and not args.json)
+        result = run(config, progress=not args.no_progress and not args.json, track=args.log)
         _print_result(result.to_json(), args.json)
         if save is not None:
             _saved(result, save)
@@ -152,7 +156,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   "again (--force runs it again)", file=sys.stderr)
             _print_result(stored, args.json)
             return 0
-        result = run(config, progress=not args.no_progress and not args.json)
+        result = run(config, progress=not args.no_progress and not args.json, track=args.log)
         data = result.to_json()
         if store.put(key, data, executor="local"):
             note = f"stored in {args.store} (key {key})"
@@ -257,6 +261,10 @@ def add_run_commands(sub: Any) -> None:
     add_config_options(p_run)
     p_run.add_argument("--json", action="store_true", help="print one JSON object")
     keep = p_run.add_argument_group("keeping the run")
+    keep.add_argument("--log", action="append", default=[], metavar="TARGET",
+                      help="log every evaluation (error, loss, diagnostics) to TARGET: "
+                           "tensorboard:DIR, mlflow (MLflow's default tracking URI) or "
+                           "mlflow:URI (repeatable; pip install 'fedpoison[tracking]')")
     keep.add_argument("--store", default=None, metavar="PATH",
                       help="store the result in this results store (SQLite, created if "
                            "missing) under its run key, as a sweep does; a run already "
