@@ -60,7 +60,8 @@ def test_poison_set_generation_shows_progress(tmp_path: Path,
     monkeypatch.setenv(poison_cache.ENV_CACHE, str(tmp_path / "cache"))
     g = torch.Generator().manual_seed(4)
     data = TrainingData(torch.rand(100, 1, 2, 2, generator=g),
-                        torch.randint(3, (100,), generator=g), torch.randint(10, (100,), generator=g))
+                        torch.randint(3, (100,), generator=g),
+                        torch.randint(10, (100,), generator=g))
     rec = Recorder()
     ctx = DataAttackContext(data, torch.tensor([2, 5]), 3, torch.Generator().manual_seed(1),
                             seed=0, dataset="toy", progress=rec)
