@@ -113,6 +113,9 @@ def test_estimate_extrapolates_per_iteration_cost() -> None:
     assert by[(100, 1)] == pytest.approx(by[(100, 0)])
     assert e.seconds == pytest.approx(e.loads + sum(e.per_job.values()))
     assert e.describe().startswith("estimate: 4 runs, ≈ ")
+    one = est.estimate(_jobs({"name": "one", "base": {**BASE, "iterations": 1},
+                              "grid": {"rule": ["mean"]}}), iterations=3)
+    assert one.shapes[0].per_iteration > 0  # no step beyond the run's own schedule
 
 
 def test_estimate_times_a_poison_set_without_generating_it(
@@ -172,7 +175,8 @@ def test_more_than_an_hour_asks_on_a_terminal_and_warns_elsewhere(
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "warning: tiny: estimate: 2 runs, ≈ 5 h 0 min" in err and "not started" in err
-    assert not store.exists()
+    with ResultStore(store, create=False) as s:
+        assert len(s) == 0
     monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal: warn, then run
     assert cli.main(args) == 0
     assert "warning" in capsys.readouterr().err
@@ -180,7 +184,8 @@ def test_more_than_an_hour_asks_on_a_terminal_and_warns_elsewhere(
         assert len(s) == 2
     calls.clear()
     assert cli.main([*args, "--yes"]) == 0 and calls == []  # --yes: no estimate at all
-    _long(monkeypatch, 0.5)
+    calls = _long(monkeypatch, 0.5)
     monkeypatch.setattr("sys.stdin", Terminal(""))
     store.unlink()
     assert cli.main(args) == 0 and "warning" not in capsys.readouterr().err
+    assert calls == [2]  # estimated, under an hour: started without a question

@@ -62,11 +62,16 @@ def test_tensorboard_logs_every_evaluation(tmp_path: Path) -> None:
     assert "config" in " ".join(acc.Tags()["tensors"])
 
 
-def test_mlflow_logs_every_evaluation_and_marks_interrupted_runs(tmp_path: Path) -> None:
+def test_mlflow_logs_every_evaluation_and_marks_interrupted_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
     uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "false")
+    with pytest.raises(ConfigError, match="MLFLOW_ALLOW_FILE_STORE=true"):
+        fedpoison.run(RunConfig(**BASE), progress=False, track=[f"mlflow:{uri}"])
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local file backend
     r = fedpoison.run(RunConfig(**BASE), progress=False, track=[f"mlflow:{uri}"])
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("fedpoison")
@@ -93,9 +98,10 @@ def test_mlflow_logs_every_evaluation_and_marks_interrupted_runs(tmp_path: Path)
     assert sorted(m.step for m in kept) == [3]  # logged before the interrupt, kept
 
 
-def test_cli_log_to_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_log_to_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     uri = (tmp_path / "mlruns").as_uri()
     args = ["run", "--dataset", "breast-cancer", "--workers", "10", "--compromised", "2",
             "--iterations", "4", "--no-progress", "--log", f"tensorboard:{tmp_path / 'tb'}",

@@ -4,7 +4,10 @@ Targets (``fedpoison run --log TARGET``, ``run(config, track=[...])``):
 
 ``tensorboard:DIR``  event files in ``DIR/<run name>`` (``tensorboard --logdir DIR``)
 ``mlflow``           the MLflow tracking URI MLflow itself chooses (``MLFLOW_TRACKING_URI``)
-``mlflow:URI``       an MLflow tracking URI, e.g. ``mlflow:file:./mlruns`` or a server
+``mlflow:URI``       an MLflow tracking URI: a server (``mlflow:http://host:5000``), a
+                     database (``mlflow:sqlite:///mlflow.db``, with the full ``mlflow``
+                     package) or a folder (``mlflow:file:./mlruns``; MLflow 3 asks for
+                     ``MLFLOW_ALLOW_FILE_STORE=true`` to use its file store)
 
 What is logged, at each evaluation (step = iteration): every number of the test evaluation
 (``test/error``, ``test/loss``, and any other a task reports, e.g. an attack success rate),
@@ -99,15 +102,29 @@ class MLflowTracker:
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ConfigError("log", f"mlflow needs the mlflow package: {EXTRA}") from None
-        self._client = MlflowClient(tracking_uri=uri)
+        from mlflow.exceptions import MlflowException
+
         self.uri = uri
         self.run_id: str | None = None
+        try:  # reach the backend now: a bad URI fails before the run, not after it
+            self._client = MlflowClient(tracking_uri=uri)
+            self._experiment = self._client.get_experiment_by_name(self.EXPERIMENT)
+        except MlflowException as e:
+            first = str(e.message if hasattr(e, "message") else e).split(". ")[0]
+            hint = (" (MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE=true; "
+                    "or log to mlflow:sqlite:///mlflow.db with the full mlflow package, or to "
+                    "a tracking server)") if "file" in first.lower() else ""
+            raise ConfigError("log", f"mlflow{':' + uri if uri else ''}: {first}{hint}"
+                              ) from None
+        except ImportError as e:
+            raise ConfigError("log", f"mlflow{':' + uri if uri else ''}: needs {e.name} (the "
+                                     "full mlflow package: pip install mlflow)") from None
 
     def start(self, config: Mapping[str, Any], key: str) -> None:
         from mlflow.entities import Param, RunTag
 
         client = self._client
-        exp = client.get_experiment_by_name(self.EXPERIMENT)
+        exp = self._experiment
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(
             self.EXPERIMENT)
         run = client.create_run(exp_id, run_name=run_name(config, key),

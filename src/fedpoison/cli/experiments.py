@@ -74,10 +74,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     spec.plan()  # every run validated before the store is opened or anything runs
     if args.dry_run:
         return _dry_run(spec, points, args)
-    if not _confirm(spec, args):
-        return 1
-    executor = executor_from_args(args)
     with ResultStore(args.store) as store:
+        if not _confirm(spec, args, store):
+            return 1
+        executor = executor_from_args(args)
         try:
             outcome = run_sweep(spec, store, executor, progress=not args.no_progress)
         except KeyboardInterrupt:
@@ -168,14 +168,16 @@ def _duration(seconds: float) -> str:
     return duration(seconds)
 
 
-def _confirm(spec: Any, args: argparse.Namespace) -> bool:
-    """Estimate first; beyond an hour ask on a terminal (warn elsewhere). ``--yes`` skips."""
+def _confirm(spec: Any, args: argparse.Namespace, store: Any) -> bool:
+    """Estimate first; beyond an hour ask on a terminal (warn elsewhere). ``--yes`` skips.
+    (A store created for a sweep that is then not started stays, empty.)"""
     if args.yes:
         return True
     from fedpoison.errors import DataError
     from fedpoison.experiments.estimate import HOUR, estimate
+    from fedpoison.experiments.sweep import plan_jobs
 
-    jobs, _, _ = _jobs(spec, args.store)
+    jobs, _, _ = plan_jobs(spec, store)
     if not jobs:
         return True
     try:
@@ -376,10 +378,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     spec.plan()  # validate every run before opening the store or starting an executor
     if args.dry_run:
         return _dry_run(spec, len(spec.points()), args)
-    if not _confirm(spec, args):
-        return 1
-    executor = executor_from_args(args)
     with ResultStore(args.store) as store:
+        if not _confirm(spec, args, store):
+            return 1
+        executor = executor_from_args(args)
         outcome = run_sweep(spec, store, executor, progress=not args.json)
         stats = collect(spec, store)
     note = note_for(spec, outcome.seconds, outcome.skipped)

@@ -195,12 +195,15 @@ def _calibrate(config: dict[str, Any], dataset: Any, iterations: int) -> ShapeCo
         tic = time.perf_counter()
         setup = prepare(RunConfig.from_dict(clean.to_dict()).resolve(), dataset)
     setup_seconds = time.perf_counter() - tic
-    steps = max(1, min(iterations, (cfg.iterations or 1) - 1))
     timings = dict.fromkeys(PHASES, 0.0)
     notes: dict[str, list[float]] = {}
+    tic = time.perf_counter()
     w = setup.step(setup.w0, 1, notes, timings)  # warm-up: allocations, first-call costs
-    times = []
-    for t in range(2, 2 + steps):
+    times = [time.perf_counter() - tic]
+    last = min(1 + iterations, cfg.iterations or 1)  # the run's own schedule has no more
+    if last > 1:
+        times = []
+    for t in range(2, last + 1):
         tic = time.perf_counter()
         w = setup.step(w, t, notes, timings)
         times.append(time.perf_counter() - tic)
