@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from fedpoison import __version__
 from fedpoison.errors import ConfigError
 
 EXTRA = "pip install 'fedpoison[tracking]'"
@@ -133,8 +134,8 @@ class MLflowTracker:
         params = [Param(k, str(v)[:6000]) for k, v in sorted(_flat(config).items())]
         for i in range(0, len(params), 100):
             client.log_batch(self.run_id, params=params[i:i + 100],
-                             tags=[RunTag("fedpoison.version", str(config.get("version", "")))]
-                             if i == 0 else [])
+                             tags=[RunTag("fedpoison.version", __version__)] if i == 0
+                             else [])
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
