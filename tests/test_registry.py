@@ -379,7 +379,7 @@ def test_cli_list_json_version_and_bare_command() -> None:
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert set(data) == {"rules", "preaggregators", "attacks", "defenses", "datasets",
-                         "models"}
+                         "models", "splits"}
     tm = next(r for r in data["rules"] if r["name"] == "trimmed-mean")
     assert tm["reference"] and tm["options"][0]["name"] == "beta"
     assert tm["options"][0]["default_text"].startswith("f")
@@ -541,7 +541,7 @@ def test_no_component_named_outside_its_module() -> None:
               "experiments/sweep.py", "experiments/worker.py", "defenses/rejection.py",
               "defenses/base.py", "cli/run.py", "cli/__init__.py", "cli/listing.py",
               "attacks/direction.py", "attacks/base.py"]
-    kinds = r"\w*(?:rule|attack|defense|dataset|model|preagg)\w*"
+    kinds = r"\w*(?:rule|attack|defense|dataset|model|preagg|split)\w*"
     pattern = re.compile(rf"""\b{kinds}(?:\.name)?\s*(?:==|!=)\s*["']([a-z0-9-]+)["']|"""
                          rf"""\b{kinds}(?:\.name)?\s+in\s*[(\[{{]\s*["']([a-z0-9-]+)["']""")
     for rel in engine:

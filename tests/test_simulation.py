@@ -144,9 +144,12 @@ def test_invalid_values_name_the_field(field: str, value: object, extra: dict) -
     flag of its component's options and, in the message, the option."""
     with pytest.raises(ConfigError) as e:
         RunConfig.from_dict({**small(**extra).to_dict(), field: value}).resolve()
-    alias_of = {"b": "attack-opt", "epsilon": "attack-opt", "beta": "rule-opt"}
+    alias_of = {"b": ("attack-opt", "b"), "epsilon": ("attack-opt", "epsilon"),
+                "beta": ("rule-opt", "beta"), "noniid": ("split-opt", "p")}
     if field in alias_of and (field, value) != ("epsilon", 0.1):
-        assert e.value.field == alias_of[field] and f"option {field}" in e.value.message
+        flag, option = alias_of[field]
+        assert e.value.field == flag and f"option {option}" in e.value.message
+        assert f"(alias --{field})" in e.value.message
     else:
         assert e.value.field == field
 

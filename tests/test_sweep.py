@@ -113,7 +113,7 @@ def test_option_axes_aliases_and_strictness() -> None:
     ({"base": {"rulez": "krum"}}, "rulez", ["unknown config field", "base"]),
     ({"grid": {"rule": ["median", "krum"], "compromised": [1, 2]}}, "rule",
      ["krum", "m > 2f + 2", "entry rule=krum, compromised=2"]),
-    ({"grid": {"noniid": [0.5, 1.5]}}, "noniid", ["noniid=1.5", "[0, 1]"]),
+    ({"grid": {"noniid": [0.5, 1.5]}}, "split-opt", ["noniid=1.5", "[0, 1]", "option p"]),
     ({"grid": {"attack": ["none", "nope"]}}, "attack", ["attack=nope", "allowed"]),
     ({"base": {"seed": 3}}, "seed", ["trials"]),
     ({"grid": {"workers": []}}, "workers", ["non-empty"]),

@@ -2,8 +2,9 @@
 
 A faithful and fast reproduction of Fang, Cao, Jia and Gong, "Local Model Poisoning Attacks
 to Byzantine-Robust Federated Learning" (USENIX Security 2020), and an open core: every
-aggregation rule, pre-aggregator, attack, defense, dataset and model is a registered
-component, and users add theirs with the ``register_*`` functions (docs/extending.md).
+aggregation rule, pre-aggregator, attack, defense, dataset, model and data split is a
+registered component, and users add theirs with the ``register_*`` functions
+(docs/extending.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
         ProvenanceError,
         RegistryError,
     )
+    from fedpoison.modelfile import load_model
     from fedpoison.registry import (
         Diagnostic,
         Option,
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
         register_model,
         register_preaggregator,
         register_rule,
+        register_split,
     )
     from fedpoison.simulation import RunResult, prepare, run
 
@@ -38,6 +41,7 @@ _LAZY = {
     "run": "fedpoison.simulation",
     "RunResult": "fedpoison.simulation",
     "prepare": "fedpoison.simulation",
+    "load_model": "fedpoison.modelfile",
     "Option": "fedpoison.registry",
     "Diagnostic": "fedpoison.registry",
     "register_rule": "fedpoison.registry",
@@ -46,6 +50,7 @@ _LAZY = {
     "register_defense": "fedpoison.registry",
     "register_dataset": "fedpoison.data.custom",
     "register_model": "fedpoison.registry",
+    "register_split": "fedpoison.registry",
     "FedpoisonError": "fedpoison.errors",
     "ConfigError": "fedpoison.errors",
     "DataError": "fedpoison.errors",
@@ -64,6 +69,7 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "__version__",
+    "load_model",
     "prepare",
     "register_attack",
     "register_dataset",
@@ -71,6 +77,7 @@ __all__ = [
     "register_model",
     "register_preaggregator",
     "register_rule",
+    "register_split",
     "run",
 ]
 

@@ -1,16 +1,16 @@
 """RunConfig: every knob of one simulated federated-learning run, resolved and validated once.
 
-Defaults follow the paper's Table 1 and Section 4.1 (m = 100, c = 20, p = 0.5, one local SGD
-round, all workers every iteration). Components (rule, attack, defense, pre-aggregators,
-dataset, model) are named here and configured through their own options
-(``rule_options={"beta": 20}``); each component's spec says which options it takes, their
-defaults and ranges (``fedpoison list``). ``None`` in a field means "the documented default
-for this dataset/model"; :meth:`RunConfig.resolve` fills every default in and validates the
-result exactly once, and the run's key is a hash of that resolved config.
+Defaults follow the paper's Table 1 and Section 4.1 (m = 100, c = 20, the non-IID split with
+p = 0.5, one local SGD round, all workers every iteration). Components (rule, attack,
+defense, pre-aggregators, dataset, model, split) are named here and configured through their
+own options (``rule_options={"beta": 20}``); each component's spec says which options it
+takes, their defaults and ranges (``fedpoison list``). ``None`` in a field means "the
+documented default for this dataset/model"; :meth:`RunConfig.resolve` fills every default in
+and validates the result exactly once, and the run's key is a hash of that resolved config.
 
 Older flat keys (``beta``, ``epsilon``, ``b``, ``direction``, ``poison_budget``,
-``poison_placement``) are aliases that components declare for their options; a config
-dict or the CLI may still use them.
+``poison_placement``, ``noniid``) are aliases that components declare for their options; a
+config dict or the CLI may still use them.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class RunConfig:
     workers: int = field(default=100, metadata=_help("number of worker devices m"))
     compromised: int = field(default=20, metadata=_help(
         "number of compromised workers c (< workers)"))
-    noniid: float = field(default=0.5, metadata=_help(
-        "degree of non-IID p in [0, 1] of the paper's split (1/classes = IID)"))
+    split: str = field(default="noniid", metadata=_help(
+        "how the training set is split over workers (fedpoison list splits)"))
     iterations: int | None = field(default=None, metadata=_help(
         "global iterations (default: 500 for lr, 2000 for neural networks)"))
     sample: int | None = field(default=None, metadata=_help(
@@ -84,8 +84,13 @@ class RunConfig:
         "options of the defense"))
     preaggregators: tuple[Any, ...] = field(default=(), metadata=_help(
         "pre-aggregation steps before the rule, in order: names or {name, options}"))
+    split_options: Mapping[str, Any] = field(default_factory=dict, metadata=_help(
+        "options of the split, e.g. {alpha: 0.5}"))
+    noniid: dataclasses.InitVar[float | None] = None
+    """The paper's degree of non-IID p: an alias of the default split's option (kept so that
+    ``RunConfig(noniid=0.3)`` works as it did before splits were components)."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, noniid: float | None) -> None:
         for name in (*OPTION_FIELDS.values(),):
             value = getattr(self, name)
             if value is None:
@@ -96,6 +101,10 @@ class RunConfig:
             else:
                 object.__setattr__(self, name, dict(value))
         object.__setattr__(self, "preaggregators", _preagg_tuple(self.preaggregators))
+        if noniid is not None:
+            fields_ = normalize({"split": self.split, "split_options": self.split_options,
+                                 "noniid": noniid}, type(self))
+            object.__setattr__(self, "split_options", fields_["split_options"])
 
     # ------------------------------------------------------------------ defaults
     @property
@@ -119,8 +128,18 @@ class RunConfig:
 
     # ----------------------------------------------------------------- identity
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (what a store records and the run key hashes).
+
+        The default split is written as it was before splits were components: its options
+        under their top-level aliases (``noniid: 0.5``) and no ``split`` keys, so that the
+        configs of the paper's runs keep their form in stores and exports.
+        """
         d = dataclasses.asdict(self)
         d["preaggregators"] = [{"name": n, "options": dict(o)} for n, o in self.preaggregators]
+        compact = _default_split_form(self.split, self.split_options)
+        if compact is not None:
+            del d["split"], d["split_options"]
+            d.update(compact)
         return d
 
     @classmethod
@@ -142,6 +161,24 @@ class RunConfig:
         payload = {"config": cfg.to_dict(), **run_fingerprint(cfg)}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _default_split_form(split: str, options: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``{alias: value}`` of the default split's options when every one has an alias; None
+    for any other split (or an option without an alias)."""
+    default = next(f.default for f in fields(RunConfig) if f.name == "split")
+    if split != default:
+        return None
+    from fedpoison import registry
+
+    spec = registry.get("split", split)
+    out = {}
+    for key, value in options.items():
+        option = spec.option(key)
+        if option is None or option.alias is None:
+            return None
+        out[option.alias] = value
+    return out
 
 
 def _preagg_tuple(value: Any) -> tuple[tuple[str, dict[str, Any]], ...]:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from fedpoison.errors import ConfigError, RegistryError
 
-KINDS = ("rule", "preaggregator", "attack", "defense", "dataset", "model")
+KINDS = ("rule", "preaggregator", "attack", "defense", "dataset", "model", "split")
 """Component kinds, in the order ``fedpoison list`` prints them."""
 
 PLUGIN_GROUP = "fedpoison.plugins"
@@ -41,6 +41,7 @@ _BUILTIN_PACKAGES = (
     "fedpoison.defenses",
     "fedpoison.data",
     "fedpoison.models",
+    "fedpoison.splits",
 )
 
 _UNSET: Any = object()
@@ -252,7 +253,8 @@ class Spec:
             try:
                 out[o.name] = o.check(given[o.name], self.label) if o.name in given else o.default
             except ConfigError as e:
-                raise ConfigError(field_, e.message) from None
+                alias = f" (alias --{o.alias.replace('_', '-')})" if o.alias else ""
+                raise ConfigError(field_, e.message + alias) from None
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -280,7 +282,7 @@ class Spec:
 
 #: The CLI flag (without dashes) that sets a kind's options; errors about options name it.
 OPTION_FLAGS = {"rule": "rule-opt", "attack": "attack-opt", "defense": "defense-opt",
-                "preaggregator": "preagg"}
+                "preaggregator": "preagg", "split": "split-opt"}
 
 #: What a rule may ask the server for (its ``needs``); see ``fedpoison.server.ServerContext``.
 RULE_NEEDS = ("previous", "state", "server_data", "generator", "iteration")
@@ -463,6 +465,24 @@ class ModelSpec(Spec):
                                        f"shape {list(input_shape)}")
 
 
+@dataclass(frozen=True)
+class SplitSpec(Spec):
+    """A split of the training set over workers:
+    ``split(labels [n], num_workers, num_classes, generator, **options) -> Partition``.
+
+    ``check(num_workers, num_classes, **options)`` rejects a combination up front, without
+    data (``ValueError``, or a ``ConfigError`` naming the config field to change).
+    Every example must be held by exactly one worker, and the split must be a pure
+    function of ``generator`` (the run's seeded ``split`` stream).
+    """
+
+    check: Callable[..., Any] | None = None
+
+    def requirements(self) -> dict[str, Any]:
+        return {"precondition": (self.check.__doc__ or "").strip().split("\n")[0]
+                if self.check else ""}
+
+
 class Bound:
     """A registered component with its (checked) options bound; subclasses add the call."""
 
@@ -486,6 +506,7 @@ _SPEC_TYPES: dict[str, type[Spec]] = {
     "defense": DefenseSpec,
     "dataset": DatasetSpec,
     "model": ModelSpec,
+    "split": SplitSpec,
 }
 
 
@@ -677,6 +698,7 @@ register_preaggregator = _registrar("preaggregator")
 register_attack = _registrar("attack")
 register_defense = _registrar("defense")
 register_model = _registrar("model")
+register_split = _registrar("split")
 register_dataset = _registrar("dataset")
 """Register a dataset loader ``loader(seed, home, download, progress) -> Dataset`` with its
 static ``num_classes`` and ``input_shape``. ``fedpoison.register_dataset`` also takes data

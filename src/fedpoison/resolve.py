@@ -23,6 +23,7 @@ OPTION_FIELDS: dict[str, str] = {
     "rule": "rule_options",
     "attack": "attack_options",
     "defense": "defense_options",
+    "split": "split_options",
 }
 
 #: Largest number of simulated workers: a worker costs a few bytes of bookkeeping, but the
@@ -107,10 +108,7 @@ def resolve_config(cfg: Any) -> Any:
     ds = registry.get("dataset", cfg.dataset)
     model = registry.get("model", cfg.model)
     model.check_inputs(ds.name, ds.input_shape)
-    if cfg.workers < ds.num_classes:
-        raise ConfigError("workers", f"the non-IID split needs at least one worker per class: "
-                                     f"{ds.name} has {ds.num_classes} classes, got "
-                                     f"workers={cfg.workers}")
+    split_name, split_options = _resolve_split(cfg, ds)
     model_defaults = dict(model.defaults(ds) if model.defaults else {})
     lr = cfg.lr if cfg.lr is not None else float(model_defaults.get("lr", DEFAULT_LR))
     batch = cfg.batch_size if cfg.batch_size is not None else int(
@@ -146,19 +144,34 @@ def resolve_config(cfg: Any) -> Any:
         cfg, dataset=ds.name, model=model.name, rule=rule.name, lr=lr, batch_size=batch,
         iterations=iterations, f=f, rule_options=rule_options, attack=attack_name,
         attack_options=attack_options, knowledge=knowledge, goal=goal, defense=defense_name,
-        defense_options=defense_options, preaggregators=tuple(preaggs),
+        defense_options=defense_options, preaggregators=tuple(preaggs), split=split_name,
+        split_options=split_options,
     )
 
 
+def _resolve_split(cfg: Any, ds: registry.DatasetSpec) -> tuple[str, dict[str, Any]]:
+    """(name, options) of the split, its precondition checked against the dataset."""
+    spec: registry.SplitSpec = registry.get("split", cfg.split)
+    options = spec.resolve_options(cfg.split_options)
+    if spec.check is not None:
+        try:
+            spec.check(cfg.workers, ds.num_classes, **options)
+        except ConfigError as e:
+            raise ConfigError(e.field, f"{e.message} ({spec.label} of dataset {ds.name})"
+                              ) from None
+        except ValueError as e:
+            raise ConfigError("split", f"{spec.label}: {e}") from None
+    return spec.name, options
+
+
 def _check_scalars(cfg: Any) -> None:
-    for name in ("dataset", "model", "rule", "attack", "defense"):
+    for name in ("dataset", "model", "rule", "attack", "defense", "split"):
         value = getattr(cfg, name)
         if not isinstance(value, str):
             raise ConfigError(name, f"must be a name, got {value!r}")
     check_choice("device", cfg.device, DEVICES)
     check_int("workers", cfg.workers, 1, MAX_WORKERS)
     check_int("compromised", cfg.compromised, 0, cfg.workers - 1, "less than workers")
-    check_float("noniid", cfg.noniid, 0.0, 1.0)
     if cfg.iterations is not None:
         check_int("iterations", cfg.iterations, 1, 10**9)
     if cfg.sample is not None:

@@ -16,8 +16,9 @@ import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,13 +28,15 @@ from fedpoison import __version__, registry
 from fedpoison.adversary import Adversary, poisoned_iterations
 from fedpoison.attacks.base import DataAttackContext, TrainingData
 from fedpoison.config import RunConfig
-from fedpoison.data import Dataset, Partition, load, noniid_partition
+from fedpoison.data import Dataset, Partition, load
 from fedpoison.defenses.base import BoundDefense
 from fedpoison.errors import ConfigError
 from fedpoison.models import build_model
+from fedpoison.progress import Bar, Progress, bar_factory
 from fedpoison.rng import generator
 from fedpoison.server import Notes, Server, ServerData, bind_pipeline
 from fedpoison.tasks import Task
+from fedpoison.tracking import RunLog, Tracker
 
 PHASES = ("setup", "train", "attack", "defense", "aggregate", "evaluate")
 
@@ -50,6 +53,10 @@ class RunResult:
     the target class): ``asr_curve`` [iteration, ASR] at every evaluation, ``final_asr`` at
     the last one and ``max_asr`` the highest. Other runs have ``None`` there, and their JSON
     has no ASR keys.
+
+    ``model`` is the final global model (flat, on the CPU) and ``model_layout`` the names and
+    shapes of its tensors in that vector when the model declares them; neither is part of
+    :meth:`to_json`. :meth:`save_model` writes them to a file (:mod:`fedpoison.modelfile`).
     """
 
     config: dict[str, Any]
@@ -67,6 +74,26 @@ class RunResult:
     final_asr: float | None = None
     max_asr: float | None = None
     asr_curve: list[tuple[int, float]] | None = None
+    model: Tensor | None = field(default=None, repr=False, compare=False)
+    model_layout: list[tuple[str, tuple[int, ...]]] | None = field(default=None, repr=False,
+                                                                    compare=False)
+
+    def model_tensors(self) -> dict[str, Tensor]:
+        """The final global model as ``{name: tensor}`` (``{"flat": w}`` without a layout)."""
+        from fedpoison.modelfile import model_tensors
+
+        if self.model is None:
+            raise ValueError("this RunResult holds no model (it was read back from JSON)")
+        return model_tensors(self.model, self.model_layout)
+
+    def save_model(self, path: str | Path) -> Path:
+        """Write the final global model with this run's result as metadata (a file that
+        ``torch.load(path, weights_only=True)`` and :func:`fedpoison.load_model` read)."""
+        from fedpoison.modelfile import save_model
+
+        if self.model is None:
+            raise ValueError("this RunResult holds no model (it was read back from JSON)")
+        return save_model(path, self.model, self.model_layout, self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (non-finite losses become ``None``)."""
@@ -250,7 +277,7 @@ def _lap(timings: dict[str, float] | None, phase: str, since: float) -> float:
 
 
 def prepare(config: RunConfig, dataset: Dataset | None = None,
-            progress: bool = False) -> Setup:
+            progress: Progress = False) -> Setup:
     """Build the task, server and adversary of ``config`` (resolved here if it is not)."""
     cfg = config.resolve()
     assert cfg.iterations is not None and cfg.f is not None and cfg.batch_size is not None
@@ -266,9 +293,7 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
 
         tune_cpu_allocator()
     m, c = cfg.workers, cfg.compromised
-    partition = noniid_partition(
-        ds.y_train, m, cfg.noniid, ds.num_classes, generator(cfg.seed, "split")
-    )
+    partition = _split(cfg, ds)
     # Which workers are compromised: a seeded uniform choice (see docs/choices.md).
     compromised = torch.randperm(m, generator=generator(cfg.seed, "compromised"))[:c].sort()[0]
     schedule = poisoned_iterations(cfg.iterations, cfg.poison_fraction,
@@ -318,6 +343,22 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
                  inputs_poisoned=inputs_poisoned, backdoor_test=backdoor_test)
 
 
+def _split(cfg: RunConfig, ds: Dataset) -> Partition:
+    """The training set over the workers by the configured split (seeded ``split`` stream)."""
+    spec = registry.get("split", cfg.split)
+    try:
+        partition = spec.impl(ds.y_train, cfg.workers, ds.num_classes,
+                              generator(cfg.seed, "split"), **cfg.split_options)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a precondition that needs the data (e.g. enough examples)
+        raise ConfigError("split", f"{spec.label} of {ds.name}: {e}") from None
+    if not isinstance(partition, Partition) or partition.owner.shape != ds.y_train.shape:
+        raise ConfigError("split", f"{spec.label}: must return a Partition of the "
+                                   f"{ds.y_train.numel()} training examples")
+    return partition
+
+
 def _server_data(task: Task, cfg: RunConfig) -> ServerData:
     """The server's validation set: examples sampled from the test set (Section 5)."""
     n_test = task.x_test.shape[0]
@@ -337,17 +378,24 @@ def _server_data(task: Task, cfg: RunConfig) -> ServerData:
 def run(
     config: RunConfig,
     *,
-    progress: bool = False,
+    progress: Progress = True,
     dataset: Dataset | None = None,
     on_evaluate: Callable[[int, float], None] | None = None,
+    track: Sequence[str | Tracker] = (),
 ) -> RunResult:
     """Simulate one run of federated learning under the configured attack.
 
-    ``dataset`` lets callers (tests, sweeps) pass an already loaded dataset; by default it is
-    loaded from the data home. ``on_evaluate(iteration, error)`` is called at each evaluation.
+    ``progress``: a bar over the iterations (and long preparation such as a poison set):
+    True (the default) uses ``tqdm.auto`` (a widget in notebooks, stderr elsewhere), False
+    shows nothing, a bar factory is used as given (:mod:`fedpoison.progress`). ``dataset``
+    lets callers (tests, sweeps) pass an already loaded dataset; by default it is loaded
+    from the data home. ``on_evaluate(iteration, error)`` is called at each evaluation.
+    ``track``: targets that log every evaluation (``"tensorboard:DIR"``, ``"mlflow"``,
+    ``"mlflow:URI"`` or :class:`~fedpoison.tracking.Tracker` objects; :mod:`fedpoison.tracking`).
     """
     t_start = time.perf_counter()
     timings = dict.fromkeys(PHASES, 0.0)
+    log = RunLog(track) if track else None  # a missing library fails before any work
     setup = prepare(config, dataset, progress)
     cfg = setup.config
     assert cfg.iterations is not None
@@ -358,28 +406,48 @@ def run(
     timings["setup"] = time.perf_counter() - t_start
 
     w = setup.w0
+    if log is not None:
+        log.start(cfg.to_dict(), cfg.config_hash())
     bar = _progress_bar(cfg, progress)
-    for t in range(1, cfg.iterations + 1):
-        w = setup.step(w, t, notes, timings)
-        if t % cfg.eval_every == 0 or t == cfg.iterations:
-            tic = time.perf_counter()
-            ev = setup.task.evaluate(w)
-            curve.append((t, ev.error))
-            loss_curve.append((t, ev.loss))
-            asr = setup.attack_success_rate(w)
-            if asr_curve is not None and asr is not None:
-                asr_curve.append((t, asr))
-            if on_evaluate is not None:
-                on_evaluate(t, ev.error)
-            bar.set_postfix(error=f"{ev.error:.4f}", refresh=False)
-            timings["evaluate"] += time.perf_counter() - tic
-        bar.update(1)
-    bar.close()
+    try:
+        for t in range(1, cfg.iterations + 1):
+            w = setup.step(w, t, notes, timings)
+            if t % cfg.eval_every == 0 or t == cfg.iterations:
+                tic = time.perf_counter()
+                ev = setup.task.evaluate(w)
+                curve.append((t, ev.error))
+                loss_curve.append((t, ev.loss))
+                asr = setup.attack_success_rate(w)
+                if asr_curve is not None and asr is not None:
+                    asr_curve.append((t, asr))
+                if on_evaluate is not None:
+                    on_evaluate(t, ev.error)
+                if log is not None:
+                    metrics = dataclasses.asdict(ev)
+                    if asr is not None:
+                        metrics["asr"] = asr
+                    log.evaluation(t, metrics, notes)
+                bar.set_postfix_str(f"error={ev.error:.4f}", refresh=False)
+                timings["evaluate"] += time.perf_counter() - tic
+            bar.update(1)
+    except BaseException as e:
+        if log is not None:
+            log.finish({}, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    finally:
+        bar.close()
 
     best_t, best_err = min(curve, key=lambda te: (te[1], te[0]))
     diagnostics = summarize_notes(notes)
     if setup.detection.iterations:
         diagnostics["detection"] = setup.detection.summary()
+    if log is not None:
+        summary = {"final/error": curve[-1][1], "final/loss": loss_curve[-1][1],
+                   "final/best_error": best_err, "final/best_iteration": best_t,
+                   "final/seconds": time.perf_counter() - t_start}
+        summary.update({f"final/detection_{k}": v
+                        for k, v in diagnostics.get("detection", {}).items()})
+        log.finish(summary)
     return RunResult(
         config=cfg.to_dict(),
         config_hash=cfg.config_hash(),
@@ -395,13 +463,21 @@ def run(
         final_asr=asr_curve[-1][1] if asr_curve else None,
         max_asr=max(a for _, a in asr_curve) if asr_curve else None,
         asr_curve=asr_curve,
+        model=w.detach().cpu(),
+        model_layout=_layout_of(setup.task.model),
     )
 
 
-def _progress_bar(cfg: RunConfig, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+def _layout_of(model: Any) -> list[tuple[str, tuple[int, ...]]] | None:
+    """Names and shapes of the model's tensors in its flat vector (its ``layout``), if any."""
+    layout = getattr(model, "layout", None)
+    if layout is None:
+        return None
+    return [(slot.name, tuple(slot.shape)) for slot in layout]
 
+
+def _progress_bar(cfg: RunConfig, progress: Progress) -> Bar:
     desc = f"{cfg.dataset}/{cfg.model} {cfg.rule}"
     if cfg.attack != "none":
         desc += f" ← {cfg.attack}" + (f"({cfg.knowledge})" if cfg.knowledge else "")
-    return tqdm(total=cfg.iterations, desc=desc, disable=not enabled, unit="it", leave=False)
+    return bar_factory(progress)(total=cfg.iterations, desc=desc, unit="it")

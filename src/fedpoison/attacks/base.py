@@ -9,6 +9,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from fedpoison.progress import Bar, Progress, bar_factory
+
 Knowledge = Literal["full", "partial"]
 Goal = Literal["directed", "deviation"]
 
@@ -101,7 +103,12 @@ class DataAttackContext:
     seed: int = 0  # the run's seed (an attack may cache what it derives from it)
     dataset: str = ""  # the dataset's name and training subset, for such caches
     train_subset: int | None = None
-    progress: bool = False  # show progress of long preparation
+    progress: Progress = False  # show progress of long preparation (see progress_bar)
+
+    def progress_bar(self, desc: str, total: int, unit: str = "step") -> Bar:
+        """A progress bar for long preparation (``fedpoison.progress``): shown on the command
+        line and in sweeps, timed by ``--dry-run``'s estimate; nothing when disabled."""
+        return bar_factory(self.progress)(desc=desc, total=total, unit=unit)
 
 
 DataAttack = Callable[..., TrainingData]

@@ -395,15 +395,19 @@ def _progress(progress: bool | Callable[[int, float], None], total: int
         return progress
     if not progress:
         return lambda step, loss: None
-    from tqdm import tqdm
+    from fedpoison.progress import tqdm_bar
 
-    bar = tqdm(total=total, desc="bga poison", unit="step", leave=False)
+    return bar_reporter(tqdm_bar(total=total, desc="bga poison", unit="step"), total)
+
+
+def bar_reporter(bar: Any, total: int) -> Callable[[int, float], None]:
+    """A ``report(step, loss)`` hook that drives ``bar`` (closed at step ``total``)."""
 
     def report(step: int, loss: float) -> None:
         if step >= total:
             bar.close()
             return
-        bar.set_postfix(val_loss=f"{loss:.4f}", refresh=False)
+        bar.set_postfix_str(f"val_loss={loss:.4f}", refresh=False)
         bar.update(1)
 
     return report
@@ -439,7 +443,7 @@ def _poison_seed(seed: int) -> torch.Generator:
 
 def poison_for(
     x: Tensor, y: Tensor, num_classes: int, settings: BGASettings, seed: int,
-    *, progress: bool = False,
+    *, progress: bool | Callable[[int, float], None] = False,
 ) -> tuple[Tensor, Tensor]:
     """Generate the poison for the clean training set (x, y) as the attacker of 4.4 does.
 
@@ -470,8 +474,8 @@ def poison_for(
 
 def cached_poison(
     x: Tensor, y: Tensor, num_classes: int, settings: BGASettings, seed: int,
-    *, dataset: str | None = None, train_subset: int | None = None, progress: bool = False,
-    info: dict[str, Any] | None = None,
+    *, dataset: str | None = None, train_subset: int | None = None,
+    progress: bool | Callable[[int, float], None] = False, info: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`poison_for`, through the on-disk cache (key: every input that changes it).
 
@@ -513,10 +517,15 @@ def bga_attack(ctx: DataAttackContext, *, budget: float = 0.04,
     config = BGASettings(budget=budget, **settings)
     config.validate()
     data = ctx.data
-    x_p, y_p = cached_poison(
-        data.x, data.y, ctx.num_classes, config, ctx.seed,
-        dataset=ctx.dataset or None, train_subset=ctx.train_subset, progress=ctx.progress,
-    )
+    bar = ctx.progress_bar("bga poison", config.outer_steps)
+    try:
+        x_p, y_p = cached_poison(
+            data.x, data.y, ctx.num_classes, config, ctx.seed,
+            dataset=ctx.dataset or None, train_subset=ctx.train_subset,
+            progress=bar_reporter(bar, config.outer_steps),
+        )
+    finally:
+        bar.close()
     owner_p = place_poison(x_p.shape[0], ctx.compromised_workers, placement,  # type: ignore[arg-type]
                            ctx.generator)
     return TrainingData(

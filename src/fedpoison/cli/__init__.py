@@ -22,7 +22,8 @@ COMMANDS = {
     "reproduce": "run a table or figure of the paper, ours beside the paper's",
     "sweep": "run every config of a sweep spec into the results store",
     "report": "tables and plots from a results store",
-    "list": "the registered rules, attacks, defenses, datasets and models with their options",
+    "list": "the registered rules, attacks, defenses, datasets, models and splits with their "
+            "options",
     "demo": "the main job on an embedded default dataset",
 }
 

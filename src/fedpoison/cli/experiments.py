@@ -24,8 +24,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("sweep", help="run every config of a sweep spec into the results store")
     p.add_argument("spec", help="a sweep spec YAML file, or the name of a shipped preset")
     add_spec_options(p)
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate and count the runs (planned, stored, to run); run nothing")
+    add_dry_run_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_executor_options(p)
     p.set_defaults(func=_cmd_sweep)
@@ -49,6 +48,10 @@ def add_commands(sub: Any) -> None:
                         "default: fitted to the data")
     p.add_argument("--export", action="append", default=[], metavar="FILE",
                    help="write every stored run to FILE.csv or FILE.parquet (repeatable)")
+    p.add_argument("--runs", action="store_true",
+                   help="a table of every stored run, one line each (runs.md, runs.csv); the "
+                        "default for a store that records no sweep (runs kept by "
+                        "fedpoison run --store)")
     add_spec_options(p)
     p.add_argument("--out", default=str(Path("results") / "report"),
                    help="folder for tables and figures, created if missing "
@@ -63,23 +66,18 @@ def add_commands(sub: Any) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from fedpoison.experiments.spec import load_spec
     from fedpoison.experiments.store import ResultStore
-    from fedpoison.experiments.sweep import plan_jobs, run_sweep
+    from fedpoison.experiments.sweep import run_sweep
 
     spec = load_spec(args.spec).effective(trials=args.trials, quick=args.quick,
                                           variant=args.variant)
     points = len(spec.points())
     spec.plan()  # every run validated before the store is opened or anything runs
-    if args.dry_run:  # reads the store if there is one; never creates or changes it
-        if Path(args.store).exists():
-            with ResultStore(args.store, readonly=True) as store:
-                jobs, planned, stored = plan_jobs(spec, store)
-        else:
-            jobs, planned, stored = plan_jobs(spec, None)
-        print(f"{spec.record_name}: {points} points × {spec.trials} trial(s) → {planned} "
-              f"distinct runs; {stored} stored in {args.store}, {len(jobs)} to run")
-        return 0
-    executor = executor_from_args(args)
+    if args.dry_run:
+        return _dry_run(spec, points, args)
     with ResultStore(args.store) as store:
+        if not _confirm(spec, args, store):
+            return 1
+        executor = executor_from_args(args)
         try:
             outcome = run_sweep(spec, store, executor, progress=not args.no_progress)
         except KeyboardInterrupt:
@@ -92,6 +90,115 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         report_failures(outcome.failed)
         return 1
     return 0
+
+
+def add_dry_run_options(p: argparse.ArgumentParser) -> None:
+    """--dry-run, --calibrate and --yes."""
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and count the runs (planned, stored, to run) and estimate "
+                        "their wall time here from a short calibration; run nothing")
+    p.add_argument("--calibrate", type=_option(_positive_int("calibrate")), default=3,
+                   metavar="N", help="iterations timed per run shape for the estimate "
+                                     "(after one warm-up iteration; default 3)")
+    p.add_argument("--yes", "-y", action="store_true",
+                   help="start without estimating first (otherwise more than an hour of "
+                        "estimated work asks for confirmation on a terminal, and warns "
+                        "elsewhere)")
+
+
+def _positive_int(name: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(name, f"must be an integer ≥ 1, got {text!r}")
+        return value
+
+    return parse
+
+
+def _jobs(spec: Any, store_path: str) -> tuple[list[Any], int, int]:
+    """(jobs to run, planned, stored), reading the store read-only if there is one."""
+    from fedpoison.experiments.store import ResultStore
+    from fedpoison.experiments.sweep import plan_jobs
+
+    if Path(store_path).exists():
+        with ResultStore(store_path, readonly=True) as store:
+            return plan_jobs(spec, store)
+    return plan_jobs(spec, None)
+
+
+def _workers(args: argparse.Namespace) -> int:
+    import os
+
+    if args.executor == "local":
+        return 1
+    return args.jobs or os.cpu_count() or 1
+
+
+def _dry_run(spec: Any, points: int, args: argparse.Namespace) -> int:
+    """Count the runs and estimate their time; the store is read, never created or changed."""
+    from fedpoison.errors import DataError
+    from fedpoison.experiments.estimate import estimate
+
+    jobs, planned, stored = _jobs(spec, args.store)
+    print(f"{spec.record_name}: {points} points × {spec.trials} trial(s) → {planned} "
+          f"distinct runs; {stored} stored in {args.store}, {len(jobs)} to run")
+    if not jobs:
+        return 0
+    try:
+        est = estimate(jobs, iterations=args.calibrate)
+    except DataError as e:
+        print(f"estimate: unavailable ({str(e).splitlines()[0]})")
+        return 0
+    print(est.describe(_workers(args)))
+    for cost in est.shapes:
+        print(f"  {cost.runs:>4} × {cost.label}: {cost.per_iteration * 1000:.1f} ms/iteration,"
+              f" setup {cost.setup:.2f} s" + (f", preparation {cost.preparation:.0f} s"
+                                               if cost.preparation else "")
+              + f" → {_duration(cost.seconds)}")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    from fedpoison.experiments.estimate import duration
+
+    return duration(seconds)
+
+
+def _confirm(spec: Any, args: argparse.Namespace, store: Any) -> bool:
+    """Estimate first; beyond an hour ask on a terminal (warn elsewhere). ``--yes`` skips.
+    (A store created for a sweep that is then not started stays, empty.)"""
+    if args.yes:
+        return True
+    from fedpoison.errors import DataError
+    from fedpoison.experiments.estimate import HOUR, estimate
+    from fedpoison.experiments.sweep import plan_jobs
+
+    jobs, _, _ = plan_jobs(spec, store)
+    if not jobs:
+        return True
+    try:
+        est = estimate(jobs, iterations=2, stop_after=HOUR * _workers(args))
+    except DataError:
+        return True  # the sweep itself reports the missing data, run by run
+    if est.seconds <= HOUR * _workers(args):
+        return True
+    print(f"fedpoison: warning: {spec.record_name}: {est.describe(_workers(args))}; "
+          "--quick runs a reduced version, --dry-run shows the estimate per run shape",
+          file=sys.stderr)
+    if not sys.stdin.isatty():
+        return True
+    try:
+        answer = input("start anyway? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("not started", file=sys.stderr)
+    return False
 
 
 def _resolve(name: str, store: Any, args: argparse.Namespace) -> Any:
@@ -148,13 +255,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 raise ConfigError("export", f"cannot write {path}: {e.strerror or e}") from None
             print(f"exported {n} runs to {path}", file=sys.stderr)
         wanted = [(n, False) for n in args.table] + [(n, True) for n in args.figure]
+        runs = None
         if not wanted and not args.export:
             recorded = store.sweeps()
+            if not recorded and not len(store):
+                raise ConfigError("table", f"{args.store} holds no run and records no sweep")
             if not recorded:
-                raise ConfigError("table", f"{args.store} records no sweep ({len(store)} runs);"
-                                           " name a preset or spec with --table")
+                args.runs = True
             wanted = [(r["name"], r["spec"].get("kind") == "figure" or "panels" in r["spec"])
                       for r in recorded]
+        if args.runs:
+            runs = list(store.records())
         specs = [(_resolve(name, store, args), plot) for name, plot in wanted]
         results = []
         for spec, plot in specs:
@@ -166,7 +277,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 raise ConfigError("curves", f"{spec.record_name}: its stored runs in "
                                             f"{args.store} hold no error curve")
             results.append((spec, stats, plot, curves))
-    dump = []
+    dump: list[Any] = []
+    if runs is not None:
+        from fedpoison.report.tables import runs_table
+
+        md, csv_text = runs_table(runs)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "runs.md").write_text(md)
+            (out / "runs.csv").write_text(csv_text)
+        except OSError as e:
+            raise ConfigError("out", f"cannot write into {out}: {e.strerror or e}") from None
+        if args.json:
+            dump.append({"name": "runs", "runs": [{k: v for k, v in r.items() if k != "curve"}
+                                                  for r in runs]})
+        else:
+            print(md)
+        print(f"written: {out / 'runs.md'}, {out / 'runs.csv'}", file=sys.stderr)
     for spec, stats, plot, curves in results:
         note = note_for(spec)
         try:
@@ -249,8 +376,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     spec = load_preset(args.name).effective(trials=args.trials, quick=args.quick,
                                             variant=args.variant)
     spec.plan()  # validate every run before opening the store or starting an executor
-    executor = executor_from_args(args)
+    if args.dry_run:
+        return _dry_run(spec, len(spec.points()), args)
     with ResultStore(args.store) as store:
+        if not _confirm(spec, args, store):
+            return 1
+        executor = executor_from_args(args)
         outcome = run_sweep(spec, store, executor, progress=not args.json)
         stats = collect(spec, store)
     note = note_for(spec, outcome.seconds, outcome.skipped)
@@ -277,5 +408,6 @@ def add_reproduce_command(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the cells as a JSON list")
     p.add_argument("--out", default=None,
                    help="folder for the Markdown/CSV tables and PNGs (default results/NAME)")
+    add_dry_run_options(p)
     add_executor_options(p)
     p.set_defaults(func=_cmd_reproduce)

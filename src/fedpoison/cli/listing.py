@@ -9,7 +9,7 @@ from typing import Any
 
 #: Plural names accepted on the command line → registry kinds.
 PLURALS = {"rules": "rule", "preaggregators": "preaggregator", "attacks": "attack",
-           "defenses": "defense", "datasets": "dataset", "models": "model"}
+           "defenses": "defense", "datasets": "dataset", "models": "model", "splits": "split"}
 
 
 def format_catalog(kinds: list[str]) -> str:

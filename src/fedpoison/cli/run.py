@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -21,9 +22,9 @@ from fedpoison.cli.common import number
 
 #: Option flags for the component option mappings (config field → flag).
 OPTION_FLAGS = {"rule_options": "--rule-opt", "attack_options": "--attack-opt",
-                "defense_options": "--defense-opt"}
+                "defense_options": "--defense-opt", "split_options": "--split-opt"}
 _KIND_OF_FIELD = {"rule": "rule", "attack": "attack", "defense": "defense", "dataset": "dataset",
-                  "model": "model"}
+                  "model": "model", "split": "split"}
 
 
 def _field_type(hint: Any) -> type:
@@ -86,9 +87,12 @@ def add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()
                 continue
             seen.add(alias)
             where = ", ".join(f"{kind} {c}" for c, _ in targets)
+            option = registry.get(kind, targets[0][0]).option(targets[0][1])
             aliases.add_argument("--" + alias.replace("_", "-"), dest=f"alias:{alias}",
                                  default=None, metavar="VALUE",
-                                 help=f"option {targets[0][1]} of {where}")
+                                 help=f"option {targets[0][1]} of {where}: {option.help}, "
+                                      f"{option.allowed()} (default: "
+                                      f"{option.shown_default()})")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -122,26 +126,88 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedpoison.simulation import run
 
     config = config_from_args(args).resolve()  # validate before loading anything
-    result = run(config, progress=not args.no_progress and not args.json)
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
-        t = result.timings
-        print(
-            f"final error {result.final_error:.4f} | best {result.best_error:.4f} "
-            f"(iteration {result.best_iteration}) | {result.seconds:.2f} s "
-            f"[train {t['train']:.2f}, attack {t['attack']:.2f}, defense {t['defense']:.2f}, "
-            f"aggregate {t['aggregate']:.2f}, evaluate {t['evaluate']:.2f}] | "
-            f"config {result.config_hash}"
-        )
-        if result.final_asr is not None:
-            print(f"attack success rate {result.final_asr:.4f} (highest "
-                  f"{result.max_asr:.4f}): non-target test examples with the trigger "
-                  "classified as the target")
-        line = diagnostics_line(result.diagnostics)
-        if line:
-            print(line)
+    from fedpoison.tracking import parse_target
+
+    for target in args.log:
+        parse_target(target)
+    save = None
+    if args.save_model:
+        from fedpoison.modelfile import check_writable
+
+        save = check_writable(args.save_model, "save_model")
+    if not args.store:
+        if args.force:
+            from fedpoison.errors import ConfigError
+
+            raise ConfigError("force", "only applies with --store")
+        result = run(config, progress=not args.no_progress and not args.json, track=args.log)
+        _print_result(result.to_json(), args.json)
+        if save is not None:
+            _saved(result, save)
+        return 0
+
+    from fedpoison.experiments.store import ResultStore
+
+    key = config.config_hash()
+    with ResultStore(args.store) as store:
+        stored = store.get(key)
+        if stored is not None and not args.force and save is None:
+            print(f"already stored in {args.store} (key {key}): the stored result, not run "
+                  "again (--force runs it again)", file=sys.stderr)
+            _print_result(stored, args.json)
+            return 0
+        result = run(config, progress=not args.no_progress and not args.json, track=args.log)
+        data = result.to_json()
+        if store.put(key, data, executor="local"):
+            note = f"stored in {args.store} (key {key})"
+        else:
+            same = all(_same(data.get(k), stored.get(k)) for k in _OUTCOME) if stored else False
+            note = (f"already stored in {args.store} (key {key}); the store keeps its first "
+                    "row (it is append-only); this run's numbers are "
+                    + ("identical to it" if same else "DIFFERENT from it: "
+                       f"stored final error {stored.get('final_error') if stored else '?'}"))
+    _print_result(data, args.json)
+    print(note, file=sys.stderr)
+    if save is not None:
+        _saved(result, save)
     return 0
+
+
+#: The parts of a result that a rerun of the same config must reproduce exactly.
+_OUTCOME = ("final_error", "final_loss", "best_error", "best_iteration", "curve", "loss_curve",
+            "diagnostics")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _saved(result: Any, path: Any) -> None:
+    written = result.save_model(path)
+    print(f"model saved to {written} (torch.load(..., weights_only=True) or "
+          "fedpoison.load_model)", file=sys.stderr)
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    """A run's result JSON as one JSON line or the human summary (and diagnostics line)."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    t = result.get("timings") or {}
+    phases = ", ".join(f"{p} {t.get(p, 0.0):.2f}" for p in
+                       ("train", "attack", "defense", "aggregate", "evaluate"))
+    print(
+        f"final error {result['final_error']:.4f} | best {result['best_error']:.4f} "
+        f"(iteration {result['best_iteration']}) | {result['seconds']:.2f} s "
+        f"[{phases}] | config {result['config_hash']}"
+    )
+    if result.get("final_asr") is not None:
+        print(f"attack success rate {result['final_asr']:.4f} (highest "
+              f"{result['max_asr']:.4f}): non-target test examples with the trigger "
+              "classified as the target")
+    line = diagnostics_line(result.get("diagnostics") or {})
+    if line:
+        print(line)
 
 
 #: Diagnostics the simulation itself records (components declare theirs in their specs):
@@ -198,6 +264,22 @@ def add_run_commands(sub: Any) -> None:
                            description="Simulate one federated-learning run under attack.")
     add_config_options(p_run)
     p_run.add_argument("--json", action="store_true", help="print one JSON object")
+    keep = p_run.add_argument_group("keeping the run")
+    keep.add_argument("--log", action="append", default=[], metavar="TARGET",
+                      help="log every evaluation (error, loss, diagnostics) to TARGET: "
+                           "tensorboard:DIR, mlflow (MLflow's default tracking URI) or "
+                           "mlflow:URI (repeatable; pip install 'fedpoison[tracking]')")
+    keep.add_argument("--store", default=None, metavar="PATH",
+                      help="store the result in this results store (SQLite, created if "
+                           "missing) under its run key, as a sweep does; a run already "
+                           "stored there is shown from the store, not run again")
+    keep.add_argument("--force", action="store_true",
+                      help="with --store: run even if stored (the store keeps its first row; "
+                           "the output says whether the numbers are identical)")
+    keep.add_argument("--save-model", default=None, metavar="PATH",
+                      help="write the final global model (named tensors + the result as "
+                           "metadata; torch.load(PATH, weights_only=True) reads it); a stored "
+                           "run is run again to get its model")
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p_run.set_defaults(func=_cmd_run)
 

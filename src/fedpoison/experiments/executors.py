@@ -21,6 +21,7 @@ from typing import Any
 
 from fedpoison.errors import ConfigError
 from fedpoison.experiments.worker import (
+    RUN_PROGRESS,
     DatasetCache,
     Executor,
     Job,
@@ -31,6 +32,7 @@ from fedpoison.experiments.worker import (
     execute,
     load_dataset,
 )
+from fedpoison.progress import BarFactory
 
 __all__ = ["EXECUTORS", "Executor", "Job", "LocalExecutor", "Outcome", "ProcessExecutor",
            "make_executor"]
@@ -46,10 +48,19 @@ class LocalExecutor(Executor):
     def __init__(self, runner: Runner = execute, loader: Loader = load_dataset) -> None:
         self._runner = runner
         self._cache = DatasetCache(lambda key: loader(*key))
+        self._progress: BarFactory | None = None
+
+    def show_progress(self, factory: BarFactory | None) -> None:
+        self._progress = factory
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         for job in jobs:
-            yield call(self._runner, self._cache, job)
+            token = RUN_PROGRESS.set(self._progress)
+            try:
+                outcome = call(self._runner, self._cache, job)
+            finally:
+                RUN_PROGRESS.reset(token)
+            yield outcome
 
 
 # ------------------------------------------------------------------ process pool

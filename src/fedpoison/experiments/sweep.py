@@ -62,8 +62,14 @@ def run_sweep(
     progress: bool = True,
     record: bool = True,
 ) -> SweepOutcome:
-    """Run every planned run of ``spec`` (an ``effective()`` spec) not yet in ``store``."""
-    from tqdm import tqdm
+    """Run every planned run of ``spec`` (an ``effective()`` spec) not yet in ``store``.
+
+    With ``progress``, a bar over the runs (``tqdm.auto``) and, on executors that can show
+    it, a nested bar over the iterations of the run in flight (with its ETA).
+    """
+    from tqdm.auto import tqdm
+
+    from fedpoison.progress import tqdm_bar
 
     t0 = time.perf_counter()
     jobs, planned, skipped = plan_jobs(spec, store)
@@ -77,6 +83,8 @@ def run_sweep(
                file=sys.stderr, dynamic_ncols=True)
     if skipped:
         bar.set_postfix_str(f"{skipped} already stored", refresh=False)
+    if progress:
+        executor.show_progress(tqdm_bar)
     try:
         for outcome in executor.run(jobs):
             if outcome.result is not None:

@@ -11,10 +11,12 @@ import traceback
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from fedpoison.data import Dataset
+from fedpoison.progress import BarFactory
 
 #: ``runner(config, dataset) -> result JSON`` (default :func:`execute`).
 Runner = Callable[[dict[str, Any], Dataset], dict[str, Any]]
@@ -38,12 +40,20 @@ def load_dataset(name: str, seed: int) -> Dataset:
     return load(name, seed=seed, progress=False)
 
 
+#: The progress bar factory of the run the default runner executes (set by an executor that
+#: shows each run's progress, e.g. the local one under a sweep's bar); None shows nothing.
+RUN_PROGRESS: ContextVar[BarFactory | None] = ContextVar("fedpoison_run_progress",
+                                                         default=None)
+
+
 def execute(config: dict[str, Any], dataset: Dataset) -> dict[str, Any]:
     """The default runner: simulate the run and return ``RunResult.to_json()``."""
     from fedpoison.config import RunConfig
     from fedpoison.simulation import run
 
-    return run(RunConfig.from_dict(config), dataset=dataset).to_json()
+    progress = RUN_PROGRESS.get()
+    return run(RunConfig.from_dict(config), dataset=dataset,
+               progress=progress if progress is not None else False).to_json()
 
 
 class DatasetCache:
@@ -114,6 +124,11 @@ class Executor(ABC):
 
     def describe(self) -> str:
         return self.name
+
+    def show_progress(self, factory: BarFactory | None) -> None:
+        """Show each run's own progress with ``factory`` where this executor can (the local
+        one does; pools of other processes show only the sweep's bar)."""
+        return None
 
     def __enter__(self) -> Executor:
         return self

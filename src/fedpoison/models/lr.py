@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fedpoison.models.flat import FlatLayout
 from fedpoison.registry import register_model
 
 
@@ -20,6 +21,9 @@ class LogisticRegression:
         self.num_features = num_features
         self.num_classes = num_classes
         self.dim = num_features * num_classes + num_classes
+        # The same order as nn.Linear(F, L)'s state_dict: a saved model loads into one.
+        self.layout = FlatLayout([("weight", (num_classes, num_features)),
+                                  ("bias", (num_classes,))])
 
     def init(self, generator: torch.Generator) -> Tensor:
         """Zeros: the loss is convex, so the start point does not matter and zeros are exact."""

@@ -298,3 +298,41 @@ def _labels(spec: SweepSpec, s: PointStats) -> list[str]:
             label = resolved_label(s.point, axis)
             cells.append(label if name is not None else f"{axis}={label}")
     return cells
+
+
+# ---------------------------------------------------------------------- single runs
+RUN_METRICS = ("final_error", "best_error", "seconds")
+
+
+def runs_table(records: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """(Markdown, CSV) with one line per stored run (``ResultStore.records()``): its key,
+    the config columns whose value differs between the runs (all of dataset, model, rule,
+    attack, defense when there is one run), its metrics and when it was stored."""
+    from fedpoison.experiments.store import PHASES
+
+    skip = {"key", "curve", "version", "git_commit", "executor", "host", "created_at",
+            "best_iteration", "final_loss", *RUN_METRICS, *(f"time_{p}" for p in PHASES)}
+    columns: list[str] = []
+    for rec in records:
+        columns += [c for c in rec if c not in skip and c not in columns]
+    always = ("dataset", "model", "rule", "attack", "defense")
+    shown = [c for c in columns
+             if c in always or len({json.dumps(r.get(c), sort_keys=True) for r in records}) > 1]
+    head = ["key", *shown, *RUN_METRICS, "created_at"]
+
+    def cell(value: Any, column: str) -> str:
+        if value is None:
+            return ""
+        if column in RUN_METRICS and isinstance(value, float):
+            return f"{value:.2f}" if column == "seconds" else f"{value:.4f}"
+        return str(value)
+
+    rows = [[cell(r.get(c), c) for c in head] for r in records]
+    md = [f"### Stored runs ({len(records)})", "", "| " + " | ".join(head) + " |",
+          "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(head)
+    w.writerows(rows)
+    return "\n".join(md) + "\n", buf.getvalue()
