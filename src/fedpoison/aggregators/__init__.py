@@ -73,3 +73,16 @@ def check_aggregator(name: str, m: int, f: int, **options: Any) -> None:
     """Validate rule ``name`` with ``m`` models, ``f`` assumed Byzantine and ``options``,
     without data. Raises ``ValueError``."""
     get_aggregator(name, **options).check(m, f)
+
+
+def _import_all_modules() -> None:
+    """Import every module of this package: each rule and pre-aggregator registers itself in
+    its own module, so adding one is adding its file (and its test)."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all_modules()
