@@ -125,6 +125,8 @@ class Setup:
     train_generator: torch.Generator
     sample_generator: torch.Generator
     detection: Detection = field(default_factory=lambda: Detection())
+    #: Every worker's local momentum buffer [m, d] (``None`` unless momentum > 0).
+    velocity: Tensor | None = None
 
     def workers(self) -> Tensor:
         """The workers of this iteration: all of them, or a sorted uniform sample of k."""
@@ -141,7 +143,12 @@ class Setup:
         workers = self.workers()
         attacked = bool(self.adversary.schedule[t - 1])
         labels = self.labels_poisoned if attacked else self.labels_clean
-        W = self.task.local_train(w, workers, labels, cfg.local_rounds, self.train_generator)
+        if cfg.momentum or cfg.weight_decay:
+            W = self.task.local_train_momentum(
+                w, workers, labels, cfg.local_rounds, self.train_generator,
+                momentum=cfg.momentum, weight_decay=cfg.weight_decay, velocity=self.velocity)
+        else:
+            W = self.task.local_train(w, workers, labels, cfg.local_rounds, self.train_generator)
         toc = _lap(timings, "train", tic)
 
         # The direction the local models moved before any attack (their mean), for the
@@ -264,8 +271,10 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
     server = Server(pipeline, cfg.f, generator(cfg.seed, "server"), defense, server_data)
 
     w0 = model.init(generator(cfg.seed, "init")).to(device)
+    velocity = torch.zeros(m, w0.numel(), device=device) if cfg.momentum > 0 else None
     return Setup(cfg, task, server, adversary, w0, labels_clean, labels_poisoned,
-                 generator(cfg.seed, "train"), generator(cfg.seed, "sample"))
+                 generator(cfg.seed, "train"), generator(cfg.seed, "sample"),
+                 velocity=velocity)
 
 
 def _server_data(task: Task, cfg: RunConfig) -> ServerData:
