@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import fedpoison
 from fedpoison.aggregators import krum
 from fedpoison.aggregators.multi_krum import (
     multi_krum,
     multi_krum_select,
     multi_krum_with_and_without,
 )
+from fedpoison.data.base import Dataset
 from fedpoison.errors import ConfigError
 from fedpoison.server import ServerContext, bind_rule, loop_with_and_without
 
@@ -122,3 +124,26 @@ def test_bad_option_is_one_line_error() -> None:
         bind_rule("multi-krum", {"selected": 0})
     assert "multi-krum" in str(e.value) and "selected" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_a_run_reports_detection_rates() -> None:
+    """In a run, the rows Multi-Krum leaves out become the detection metrics: compromised
+    workers that send far models are all left out, and no benign worker is."""
+    from fedpoison.registry import REGISTRY
+
+    @fedpoison.register_attack("test-far-models", reference="test", knowledge=("full",))
+    def far(ctx: object) -> torch.Tensor:
+        return ctx.models_from(torch.full((ctx.c, ctx.d), 100.0))  # type: ignore[attr-defined]
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(500, 6, generator=g)
+    y = (x[:, 0] > 0.5).long()
+    ds = Dataset("toy-multi-krum", x[:400], y[:400], x[400:], y[400:], 2)
+    try:
+        r = fedpoison.run(fedpoison.RunConfig(dataset="mnist", rule="multi-krum", workers=10,
+                                              compromised=2, iterations=3, eval_every=3,
+                                              attack="test-far-models"), dataset=ds)
+    finally:
+        REGISTRY.remove("attack", "test-far-models")
+    det = r.diagnostics["detection"]
+    assert det["n"] == 3 and det["tp"] == 6 and det["fp"] == 0 and det["fn"] == 0

@@ -1,5 +1,5 @@
 """Centered clipping (Karimireddy, He, Jaggi, "Learning from History for Byzantine Robust
-Optimization", ICML 2021, Section 4, Eq. CC and Algorithm 2).
+Optimization", ICML 2021; the authors' code, ``codes/aggregator/clipping.py``).
 
 The rule aggregates the updates ``Δᵢ = wᵢ − w_Re`` around a center ``v``, the previous
 aggregate update, with ``L`` = ``iterations`` steps
@@ -87,7 +87,7 @@ def cclip(W: Tensor, f: int, *, ctx: Any, tau: float = 1.0, iterations: int = 1)
 register_rule(
     "cclip", cclip,
     reference="Karimireddy, He, Jaggi, Learning from History for Byzantine Robust "
-              "Optimization, ICML 2021, Section 4 (centered clipping)",
+              "Optimization, ICML 2021 (centered clipping)",
     summary="the previous aggregate update plus the mean of the updates' differences from "
             "it, each clipped to norm τ (L steps), plus the previous global model",
     options=[

@@ -1,5 +1,6 @@
 """Geometric median by the smoothed Weiszfeld algorithm (RFA: Pillutla, Kakade, Harchaoui,
-"Robust Aggregation for Federated Learning", IEEE TSP 2022, Section III and Algorithm 2).
+"Robust Aggregation for Federated Learning", IEEE TSP 2022; the authors' code, RFA
+``models/model.py``, ``geometric_median_update``).
 
 The rule aggregates the updates ``Δᵢ = wᵢ − w_Re`` and returns ``w_Re + v`` with ``v`` an
 approximate minimiser of ``Σᵢ αᵢ ‖v − Δᵢ‖`` (uniform ``αᵢ``: a worker's claimed example
@@ -74,7 +75,7 @@ def smoothed_weiszfeld(U: Tensor, alpha: Tensor, start: Tensor, iterations: int,
 def geomed(W: Tensor, f: int, *, ctx: object, iterations: int = 4, nu: float = 1e-5,
            tolerance: float = 1e-6, init: str = "previous") -> Tensor:
     """Approximate geometric median of the updates by the smoothed Weiszfeld algorithm
-    (RFA, Algorithm 2), plus the previous global model. Output finite whatever the rows."""
+    (RFA), plus the previous global model. Output finite whatever the rows."""
     check_matrix(W, "geomed", f)
     if init not in INITS:
         raise ValueError(f"geomed: init must be one of {', '.join(INITS)}, got {init!r}")
@@ -96,7 +97,7 @@ def geomed(W: Tensor, f: int, *, ctx: object, iterations: int = 4, nu: float = 1
 register_rule(
     "geomed", geomed,
     reference="Pillutla, Kakade, Harchaoui, Robust Aggregation for Federated Learning, IEEE "
-              "TSP 2022 (RFA), Algorithm 2 (smoothed Weiszfeld)",
+              "TSP 2022 (RFA, smoothed Weiszfeld algorithm)",
     summary="approximate geometric median of the updates (smoothed Weiszfeld), plus the "
             "previous global model",
     options=[

@@ -1,4 +1,4 @@
-"""Multi-Krum (Blanchard, El Mhamdi, Guerraoui, Stainer, NeurIPS 2017, Section 4).
+"""Multi-Krum (Blanchard, El Mhamdi, Guerraoui, Stainer, NeurIPS 2017).
 
 Every model gets Krum's score, the sum of its squared distances to its ``m − f − 2``
 nearest other models (Fang et al., Section 2.2), computed once from one distance matrix
@@ -69,7 +69,7 @@ def multi_krum_select(W: Tensor, f: int, selected: int | None = None) -> Tensor:
 def multi_krum(W: Tensor, f: int, selected: int | None = None, *, ctx: object = None
                ) -> Tensor:
     """The average of the ``selected`` (default ``m − f``) models with the smallest Krum
-    scores (Blanchard et al. 2017, Section 4). Needs ``m > 2f + 2``.
+    scores (Blanchard et al. 2017). Needs ``m > 2f + 2``.
 
     Output finite whenever at most ``f`` rows are hostile and ``selected ≤ m − f``.
     """
@@ -110,7 +110,7 @@ def multi_krum_with_and_without(W: Tensor, f: int, selected: int | None = None
 
 register_rule(
     "multi-krum", multi_krum,
-    reference="Blanchard, El Mhamdi, Guerraoui, Stainer, NeurIPS 2017, Section 4 (Multi-Krum)",
+    reference="Blanchard, El Mhamdi, Guerraoui, Stainer, NeurIPS 2017 (Multi-Krum)",
     summary="the average of the q models with the smallest Krum scores (default q = m − f)",
     options=[Option("selected", None, "models averaged, those with the best Krum scores "
                     "(1 ≤ q ≤ m)", type=int, low=1, default_text="m − f")],

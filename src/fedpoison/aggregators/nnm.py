@@ -1,5 +1,5 @@
 """Nearest-neighbour mixing (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, "Fixing by
-Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity", AISTATS 2023, Algorithm 1):
+Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity", AISTATS 2023, NNM):
 a pre-aggregator composable before any rule.
 
 Each row is replaced by the average of its ``m − f`` nearest rows in Euclidean distance,
@@ -56,7 +56,7 @@ def nnm(W: Tensor, f: int) -> Tensor:
 register_preaggregator(
     "nnm", nnm,
     reference="Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, Fixing by Mixing, "
-              "AISTATS 2023, Algorithm 1 (nearest neighbour mixing)",
+              "AISTATS 2023 (nearest neighbour mixing, NNM)",
     summary="each model replaced by the average of its m − f nearest models (itself "
             "included)",
     output=nnm_output,

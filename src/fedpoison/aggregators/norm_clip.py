@@ -1,5 +1,5 @@
 """Norm clipping (Sun, Kairouz, Suresh, McMahan, "Can You Really Backdoor Federated
-Learning?", 2019, Section 4, "norm thresholding of updates").
+Learning?", arXiv 1911.07963, 2019: "norm thresholding of updates").
 
 Each update ``Δᵢ = wᵢ − w_Re`` is scaled down to L2 norm at most ``τ``,
 ``Δᵢ / max(1, ‖Δᵢ‖ / τ)``, and the server applies their average:
@@ -46,7 +46,7 @@ def norm_clip(W: Tensor, f: int, *, ctx: Any, tau: float = 0.5) -> Tensor:
 register_rule(
     "norm-clip", norm_clip,
     reference="Sun, Kairouz, Suresh, McMahan, Can You Really Backdoor Federated Learning?, "
-              "2019, Section 4 (norm thresholding)",
+              "arXiv 1911.07963, 2019 (norm thresholding of updates)",
     summary="the average of the updates, each clipped to L2 norm τ, plus the previous "
             "global model",
     options=[Option("tau", 0.5, "largest L2 norm an update keeps (the paper's M)", low=0.0,
