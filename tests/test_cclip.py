@@ -119,6 +119,16 @@ def test_hostile_rows_never_make_it_non_finite_and_are_reported() -> None:
             assert ctx.removed is not None and ctx.removed.numpy().tolist() == non_finite.tolist()
 
 
+def test_output_saturates_instead_of_overflowing() -> None:
+    """Global models near the float32 maximum: center + clipped steps would overflow
+    float32; the result saturates at ±3.4e38."""
+    state: dict = {}
+    W = torch.full((4, 3), 3.4e38)
+    call(W, context(1, torch.full((3,), 0.4e38), state, 4), tau=1.0)
+    out = call(W, context(2, torch.full((3,), 3.4e38), state, 4), tau=1.0)
+    assert torch.isfinite(out).all() and float(out.max()) == float(torch.finfo(torch.float32).max)
+
+
 def _toy() -> Dataset:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(500, 6, generator=g)

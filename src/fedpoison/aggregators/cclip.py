@@ -71,7 +71,7 @@ def _center(state: dict[str, Any], t: int, p: Tensor) -> Tensor:
     return center
 
 
-def cclip(W: Tensor, f: int, *, ctx: Any, tau: float = 1.0, iterations: int = 1) -> Tensor:
+def cclip(W: Tensor, f: int, *, ctx: Any, tau: float = 0.1, iterations: int = 1) -> Tensor:
     """Centered clipping of the updates around the previous aggregate update (ICML 2021),
     plus the previous global model. Output finite whatever the rows."""
     check_matrix(W, "cclip", f)
@@ -91,7 +91,7 @@ register_rule(
     summary="the previous aggregate update plus the mean of the updates' differences from "
             "it, each clipped to norm τ (L steps), plus the previous global model",
     options=[
-        Option("tau", 1.0, "clipping radius τ (an L2 norm, in update units)", low=0.0,
+        Option("tau", 0.1, "clipping radius τ (an L2 norm, in update units)", low=0.0,
                low_open=True),
         Option("iterations", 1, "clipping steps L", low=1),
     ],

@@ -31,7 +31,7 @@ def check_norm_clip(m: int, f: int, **options: object) -> None:
     check_count("norm-clip", m, f)
 
 
-def norm_clip(W: Tensor, f: int, *, ctx: Any, tau: float = 0.5) -> Tensor:
+def norm_clip(W: Tensor, f: int, *, ctx: Any, tau: float = 0.2) -> Tensor:
     """The average of the updates clipped to norm ``tau`` (Sun et al. 2019), plus the
     previous global model. Output finite whatever the rows."""
     m, f = check_matrix(W, "norm-clip", f)
@@ -49,7 +49,7 @@ register_rule(
               "arXiv 1911.07963, 2019 (norm thresholding of updates)",
     summary="the average of the updates, each clipped to L2 norm τ, plus the previous "
             "global model",
-    options=[Option("tau", 0.5, "largest L2 norm an update keeps (the paper's M)", low=0.0,
+    options=[Option("tau", 0.2, "largest L2 norm an update keeps (the paper's M)", low=0.0,
                     low_open=True)],
     diagnostics=[Diagnostic("norm_clip_clipped", "fraction of updates clipped")],
     check=check_norm_clip, needs=("previous",),
