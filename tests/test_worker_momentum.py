@@ -96,6 +96,9 @@ def test_momentum_runs_are_reproducible_and_differ_from_plain_sgd() -> None:
     plain = fedpoison.run(base, dataset=ds)
     assert a.loss_curve == b.loss_curve  # no buffer survives a run
     assert a.loss_curve != plain.loss_curve
+    decay = fedpoison.run(fedpoison.RunConfig(**{**base.to_dict(), "weight_decay": 0.05}),
+                          dataset=ds)
+    assert decay.loss_curve != plain.loss_curve  # weight decay alone takes the new path
 
 
 @pytest.mark.parametrize(("field", "value"), [("momentum", 1.0), ("momentum", -0.1),
