@@ -58,10 +58,9 @@ class RunConfig:
         "local SGD learning rate > 0 (default: the model's for this dataset, docs/choices.md)"))
     momentum: float = field(default=0.0, metadata=_help(
         "local SGD momentum μ in [0, 1): every worker keeps its own momentum buffer across "
-        "iterations, u ← μu + g, w ← w − lr·u (default 0: plain SGD, as the paper)"))
+        "iterations, u ← μu + g, w ← w − lr·u (0: plain SGD, the paper's)"))
     weight_decay: float = field(default=0.0, metadata=_help(
-        "local SGD weight decay λ ≥ 0: the gradient is ∇F(w) + λw (default 0: none, as the "
-        "paper)"))
+        "local SGD weight decay λ ≥ 0: the gradient is ∇F(w) + λw (0: none, the paper's)"))
     seed: int = field(default=0, metadata=_help("seed of every random stream of the run"))
     attack: str = field(default="none", metadata=_help(
         "attack of the compromised workers (fedpoison list attacks)"))
