@@ -75,7 +75,7 @@ def cclip(W: Tensor, f: int, *, ctx: Any, tau: float = 0.1, iterations: int = 1)
     """Centered clipping of the updates around the previous aggregate update (ICML 2021),
     plus the previous global model. Output finite whatever the rows."""
     check_matrix(W, "cclip", f)
-    U, bad, p = updates64(W, ctx.previous)
+    U, bad, p, _ = updates64(W, ctx.previous)
     if bool(bad.any()):
         report_removed(ctx, bad)
     center = _center(ctx.state, ctx.iteration, p)

@@ -51,12 +51,14 @@ def check_geomed(m: int, f: int, **options: object) -> None:
 
 
 def smoothed_weiszfeld(U: Tensor, alpha: Tensor, start: Tensor, iterations: int, nu: float,
-                       tolerance: float) -> tuple[Tensor, int]:
+                       tolerance: float, dist: Tensor | None = None) -> tuple[Tensor, int]:
     """``(v, steps)``: smoothed Weiszfeld steps from ``start`` on the rows of ``U`` [m, d]
     with weights ``alpha`` [m] (both float64, ``U`` finite), at most ``iterations`` steps,
-    stopping when the objective changes by less than ``tolerance`` times its value."""
+    stopping when the objective changes by less than ``tolerance`` times its value.
+    ``dist``: the rows' distances to ``start``, when known."""
     v = start
-    dist = torch.linalg.vector_norm(U - v, dim=1)
+    if dist is None:
+        dist = torch.linalg.vector_norm(U - v, dim=1)
     obj = float(alpha @ dist)
     steps = 0
     for _ in range(iterations):
@@ -79,7 +81,7 @@ def geomed(W: Tensor, f: int, *, ctx: object, iterations: int = 4, nu: float = 1
     check_matrix(W, "geomed", f)
     if init not in INITS:
         raise ValueError(f"geomed: init must be one of {', '.join(INITS)}, got {init!r}")
-    U, bad, p = updates64(W, ctx.previous)  # type: ignore[attr-defined]
+    U, bad, p, norms = updates64(W, ctx.previous)  # type: ignore[attr-defined]
     if bool(bad.any()):
         report_removed(ctx, bad)
     good = ~bad
@@ -88,8 +90,11 @@ def geomed(W: Tensor, f: int, *, ctx: object, iterations: int = 4, nu: float = 1
         ctx.note("geomed_iterations", 0)  # type: ignore[attr-defined]
         return model_from_update(p, torch.zeros_like(p))
     alpha = good.to(torch.float64) / n_good
-    start = (alpha @ U) if init == "mean" else torch.zeros_like(p)
-    v, steps = smoothed_weiszfeld(U, alpha, start, iterations, nu, tolerance)
+    if init == "mean":
+        v, steps = smoothed_weiszfeld(U, alpha, alpha @ U, iterations, nu, tolerance)
+    else:  # from the zero update, whose distances are the norms
+        v, steps = smoothed_weiszfeld(U, alpha, torch.zeros_like(p), iterations, nu,
+                                      tolerance, norms)
     ctx.note("geomed_iterations", steps)  # type: ignore[attr-defined]
     return model_from_update(p, v)
 

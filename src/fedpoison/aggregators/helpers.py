@@ -30,18 +30,23 @@ __all__ = ["FLOAT32_MAX", "clip_scales", "model_from_update", "report_removed", 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
-def updates64(W: Tensor, previous: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(U, bad, p)``: the updates ``U = W − p`` in float64 [m, d] with every non-finite row
-    set to 0, the bool mask ``bad`` [m] of those rows, and ``p`` the previous model in
-    float64 (non-finite entries read as 0)."""
+def updates64(W: Tensor, previous: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(U, bad, p, norms)``: the updates ``U = W − p`` in float64 [m, d] with every
+    non-finite row set to 0, the bool mask ``bad`` [m] of those rows, ``p`` the previous
+    model in float64 (non-finite entries read as 0), and the rows' norms ``‖U_i‖`` (0 for the
+    bad rows). A float64 norm of finite float32 differences is finite, so a non-finite norm
+    is exactly a row with a NaN or ±Inf entry: one pass finds them."""
     p = previous.detach().to(W.device, torch.float64)
     if not bool(torch.isfinite(p).all()):
         p = torch.where(torch.isfinite(p), p, 0.0)
-    U = W.detach().to(torch.float64) - p
-    bad = ~torch.isfinite(U).all(dim=1)
+    U = W.detach().to(torch.float64, copy=True)
+    U.sub_(p)  # in place: a second [m, d] float64 temporary costs more than the subtraction
+    norms = torch.linalg.vector_norm(U, dim=1)
+    bad = ~torch.isfinite(norms)
     if bool(bad.any()):
         U[bad] = 0.0
-    return U, bad, p
+        norms[bad] = 0.0
+    return U, bad, p, norms
 
 
 def clip_scales(norms: Tensor, tau: float, bad: Tensor) -> Tensor:

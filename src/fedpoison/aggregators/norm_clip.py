@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from fedpoison.aggregators.helpers import clip_scales, model_from_update, report_removed, updates64
@@ -35,10 +34,10 @@ def norm_clip(W: Tensor, f: int, *, ctx: Any, tau: float = 0.2) -> Tensor:
     """The average of the updates clipped to norm ``tau`` (Sun et al. 2019), plus the
     previous global model. Output finite whatever the rows."""
     m, f = check_matrix(W, "norm-clip", f)
-    U, bad, p = updates64(W, ctx.previous)
+    U, bad, p, norms = updates64(W, ctx.previous)
     if bool(bad.any()):
         report_removed(ctx, bad)
-    scale = clip_scales(torch.linalg.vector_norm(U, dim=1), tau, bad)
+    scale = clip_scales(norms, tau, bad)
     ctx.note("norm_clip_clipped", float(((scale < 1.0) & ~bad).sum()) / m)
     return model_from_update(p, (scale @ U) / m)
 
