@@ -48,15 +48,19 @@ def centered_clipping(U: Tensor, bad: Tensor, center: Tensor, tau: float, iterat
                       ) -> tuple[Tensor, float]:
     """``(v, clipped)``: ``iterations`` centered-clipping steps from ``center`` on the
     float64 updates ``U`` [m, d] (the ``bad`` rows contribute 0), and the fraction of rows
-    clipped in the last step."""
+    clipped in the last step. ``U`` is overwritten with the differences ``Δᵢ − v``, updated
+    in place after each step (no new [m, d] temporary per step)."""
     m = U.shape[0]
-    v = center
+    Z = U.sub_(center)
+    v = center.clone()
     clipped = 0.0
-    for _ in range(iterations):
-        Z = U - v
+    for step in range(iterations):
         scale = clip_scales(torch.linalg.vector_norm(Z, dim=1), tau, bad)
-        v = v + (scale @ Z) / m
+        delta = (scale @ Z) / m
+        v += delta
         clipped = float(((scale < 1.0) & ~bad).sum()) / m
+        if step + 1 < iterations:
+            Z.sub_(delta)
     return v, clipped
 
 

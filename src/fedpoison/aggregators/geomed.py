@@ -55,17 +55,24 @@ def smoothed_weiszfeld(U: Tensor, alpha: Tensor, start: Tensor, iterations: int,
     """``(v, steps)``: smoothed Weiszfeld steps from ``start`` on the rows of ``U`` [m, d]
     with weights ``alpha`` [m] (both float64, ``U`` finite), at most ``iterations`` steps,
     stopping when the objective changes by less than ``tolerance`` times its value.
-    ``dist``: the rows' distances to ``start``, when known."""
-    v = start
+    ``dist``: the rows' distances to ``start``, when known.
+
+    ``U`` is overwritten: it holds the residuals ``Δᵢ − v``, updated in place by each step
+    ``v ← v + δ`` with ``δ = Σᵢ βᵢ(Δᵢ − v) / Σᵢ βᵢ`` (the same average, without a new
+    [m, d] temporary per step)."""
+    R = U.sub_(start)
+    v = start.clone()
     if dist is None:
-        dist = torch.linalg.vector_norm(U - v, dim=1)
+        dist = torch.linalg.vector_norm(R, dim=1)
     obj = float(alpha @ dist)
     steps = 0
     for _ in range(iterations):
         beta = alpha / dist.clamp(min=nu)
-        v = (beta @ U) / beta.sum()
+        delta = (beta @ R) / beta.sum()
+        v += delta
+        R.sub_(delta)
         steps += 1
-        dist = torch.linalg.vector_norm(U - v, dim=1)
+        dist = torch.linalg.vector_norm(R, dim=1)
         new = float(alpha @ dist)
         done = abs(obj - new) < tolerance * new
         obj = new
