@@ -33,6 +33,8 @@ distance does not grow with how far the hostile rows are).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -81,20 +83,20 @@ def smoothed_weiszfeld(U: Tensor, alpha: Tensor, start: Tensor, iterations: int,
     return v, steps
 
 
-def geomed(W: Tensor, f: int, *, ctx: object, iterations: int = 4, nu: float = 1e-5,
+def geomed(W: Tensor, f: int, *, ctx: Any, iterations: int = 4, nu: float = 1e-5,
            tolerance: float = 1e-6, init: str = "previous") -> Tensor:
     """Approximate geometric median of the updates by the smoothed Weiszfeld algorithm
     (RFA), plus the previous global model. Output finite whatever the rows."""
     check_matrix(W, "geomed", f)
     if init not in INITS:
         raise ValueError(f"geomed: init must be one of {', '.join(INITS)}, got {init!r}")
-    U, bad, p, norms = updates64(W, ctx.previous)  # type: ignore[attr-defined]
+    U, bad, p, norms = updates64(W, ctx.previous)
     if bool(bad.any()):
         report_removed(ctx, bad)
     good = ~bad
     n_good = int(good.sum())
     if n_good == 0:
-        ctx.note("geomed_iterations", 0)  # type: ignore[attr-defined]
+        ctx.note("geomed_iterations", 0)
         return model_from_update(p, torch.zeros_like(p))
     alpha = good.to(torch.float64) / n_good
     if init == "mean":
@@ -102,7 +104,7 @@ def geomed(W: Tensor, f: int, *, ctx: object, iterations: int = 4, nu: float = 1
     else:  # from the zero update, whose distances are the norms
         v, steps = smoothed_weiszfeld(U, alpha, torch.zeros_like(p), iterations, nu,
                                       tolerance, norms)
-    ctx.note("geomed_iterations", steps)  # type: ignore[attr-defined]
+    ctx.note("geomed_iterations", steps)
     return model_from_update(p, v)
 
 

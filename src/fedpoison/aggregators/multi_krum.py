@@ -24,6 +24,7 @@ metrics.
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -66,7 +67,7 @@ def multi_krum_select(W: Tensor, f: int, selected: int | None = None) -> Tensor:
     return torch.sort(scores, stable=True).indices[:q].to(W.device)
 
 
-def multi_krum(W: Tensor, f: int, selected: int | None = None, *, ctx: object = None
+def multi_krum(W: Tensor, f: int, selected: int | None = None, *, ctx: Any = None
                ) -> Tensor:
     """The average of the ``selected`` (default ``m − f``) models with the smallest Krum
     scores (Blanchard et al. 2017). Needs ``m > 2f + 2``.
