@@ -56,6 +56,11 @@ class RunConfig:
         "local mini-batch size (default: the dataset's, 32; 64 for fashion-mnist)"))
     lr: float | None = field(default=None, metadata=_help(
         "local SGD learning rate > 0 (default: the model's for this dataset, docs/choices.md)"))
+    momentum: float = field(default=0.0, metadata=_help(
+        "local SGD momentum μ in [0, 1): every worker keeps its own momentum buffer across "
+        "iterations, u ← μu + g, w ← w − lr·u (0: plain SGD, the paper's)"))
+    weight_decay: float = field(default=0.0, metadata=_help(
+        "local SGD weight decay λ ≥ 0: the gradient is ∇F(w) + λw (0: none, the paper's)"))
     seed: int = field(default=0, metadata=_help("seed of every random stream of the run"))
     attack: str = field(default="none", metadata=_help(
         "attack of the compromised workers (fedpoison list attacks)"))

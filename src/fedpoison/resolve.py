@@ -142,7 +142,8 @@ def resolve_config(cfg: Any) -> Any:
                                                      tuple(preaggs), k, f)
     return dataclasses.replace(
         cfg, dataset=ds.name, model=model.name, rule=rule.name, lr=lr, batch_size=batch,
-        iterations=iterations, f=f, rule_options=rule_options, attack=attack_name,
+        iterations=iterations, f=f, momentum=float(cfg.momentum),
+        weight_decay=float(cfg.weight_decay), rule_options=rule_options, attack=attack_name,
         attack_options=attack_options, knowledge=knowledge, goal=goal, defense=defense_name,
         defense_options=defense_options, preaggregators=tuple(preaggs), split=split_name,
         split_options=split_options,
@@ -181,6 +182,8 @@ def _check_scalars(cfg: Any) -> None:
         check_int("batch_size", cfg.batch_size, 1, 10**7)
     if cfg.lr is not None:
         check_float("lr", cfg.lr, 0.0, None, low_open=True)
+    check_float("momentum", cfg.momentum, 0.0, 1.0, high_open=True)
+    check_float("weight_decay", cfg.weight_decay, 0.0, None)
     check_int("seed", cfg.seed, 0, 2**63 - 1)
     check_float("poison_fraction", cfg.poison_fraction, 0.0, 1.0)
     check_int("validation_size", cfg.validation_size, 1, 10**9)
@@ -297,14 +300,17 @@ def check_int(name: str, value: Any, lo: int, hi: int | None, why: str = "") -> 
 
 
 def check_float(name: str, value: Any, lo: float, hi: float | None, *,
-                low_open: bool = False) -> float:
+                low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a finite float in the range, else ``ConfigError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(name, f"must be a finite number, got {value!r}")
     bad = value <= lo if low_open else value < lo
-    if bad or (hi is not None and value > hi):
+    if hi is not None:
+        bad = bad or (value >= hi if high_open else value > hi)
+    if bad:
         left = "(" if low_open else "["
-        rng = (f"a number in {left}{lo:g}, {hi:g}]" if hi is not None
+        right = ")" if high_open else "]"
+        rng = (f"a number in {left}{lo:g}, {hi:g}{right}" if hi is not None
                else f"a number {'>' if low_open else '≥'} {lo:g}")
         raise ConfigError(name, f"must be {rng}, got {value}")
     return float(value)

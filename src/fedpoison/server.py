@@ -10,6 +10,7 @@ generator. The paper's rules stay pure ``(W, f)`` kernels.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,10 +72,26 @@ class ServerContext:
         self.removed = mask
 
 
+def takes_context(fn: Any) -> bool:
+    """Whether ``fn`` has a ``ctx`` parameter (a rule without needs may still take an optional
+    context, e.g. to report the rows it removed with ``ctx.remove``)."""
+    try:
+        return "ctx" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class BoundRule(Bound):
-    """A registered rule with its options bound: ``rule(W, f, ctx=None) -> w``."""
+    """A registered rule with its options bound: ``rule(W, f, ctx=None) -> w``.
+
+    A rule that declares ``needs`` must get a context; a rule whose function merely has a
+    ``ctx`` parameter gets the context when there is one (``None`` otherwise)."""
 
     spec: RuleSpec
+
+    def __init__(self, spec: RuleSpec, options: Mapping[str, Any]) -> None:
+        super().__init__(spec, options)
+        self._optional_ctx = not spec.needs and takes_context(spec.impl)
 
     @property
     def selects_row(self) -> bool:
@@ -90,6 +107,8 @@ class BoundRule(Bound):
             if ctx is None:
                 raise ValueError(f"rule {self.name} needs the server context "
                                  f"({', '.join(sorted(self.spec.needs))})")
+            return self.spec.impl(W, f, ctx=ctx, **self.options)
+        if self._optional_ctx:
             return self.spec.impl(W, f, ctx=ctx, **self.options)
         return self.spec.impl(W, f, **self.options)
 

@@ -177,6 +177,8 @@ class Setup:
         x, y = self.backdoor_test
         error, _ = self.task.evaluate_many(w[None], x, y)
         return 1.0 - float(error[0])
+    #: Every worker's local momentum buffer [m, d] (``None`` unless momentum > 0).
+    velocity: Tensor | None = None
 
     def workers(self) -> Tensor:
         """The workers of this iteration: all of them, or a sorted uniform sample of k."""
@@ -194,8 +196,14 @@ class Setup:
         attacked = bool(self.adversary.schedule[t - 1])
         labels = self.labels_poisoned if attacked else self.labels_clean
         inputs = self.inputs_poisoned if attacked else None
-        W = self.task.local_train(w, workers, labels, cfg.local_rounds, self.train_generator,
-                                  inputs=inputs)
+        if cfg.momentum or cfg.weight_decay:
+            W = self.task.local_train_momentum(
+                w, workers, labels, cfg.local_rounds, self.train_generator,
+                momentum=cfg.momentum, weight_decay=cfg.weight_decay, velocity=self.velocity,
+                inputs=inputs)
+        else:
+            W = self.task.local_train(w, workers, labels, cfg.local_rounds,
+                                      self.train_generator, inputs=inputs)
         toc = _lap(timings, "train", tic)
         return attack_and_aggregate(self.server, self.adversary, W, workers, w, t, notes,
                                     self.detection, timings, toc)
@@ -338,9 +346,11 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
     server = Server(pipeline, cfg.f, generator(cfg.seed, "server"), defense, server_data)
 
     w0 = model.init(generator(cfg.seed, "init")).to(device)
+    velocity = torch.zeros(m, w0.numel(), device=device) if cfg.momentum > 0 else None
     return Setup(cfg, task, server, adversary, w0, labels_clean, labels_poisoned,
                  generator(cfg.seed, "train"), generator(cfg.seed, "sample"),
-                 inputs_poisoned=inputs_poisoned, backdoor_test=backdoor_test)
+                 inputs_poisoned=inputs_poisoned, backdoor_test=backdoor_test,
+                 velocity=velocity)
 
 
 def _split(cfg: RunConfig, ds: Dataset) -> Partition:

@@ -142,6 +142,46 @@ class Task:
         y = labels[idx]
         W.sub_(self.model.batched_grad(W, x, y, mask), alpha=self.lr)
 
+    def local_train_momentum(
+        self,
+        w: Tensor,
+        workers: Tensor,
+        labels: Tensor,
+        rounds: int,
+        generator: torch.Generator,
+        *,
+        momentum: float,
+        weight_decay: float,
+        velocity: Tensor | None,
+        inputs: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`local_train` with momentum and weight decay (PyTorch's SGD, dampening 0).
+
+        Each step is g = ∇F(w_i, B_i) + λ w_i, u_i ← μ u_i + g, w_i ← w_i − α u_i, with the
+        same batches as :meth:`local_train`. ``velocity`` [m, d] holds every worker's
+        momentum buffer u across iterations (zeros at first, which is PyTorch's first step
+        u = g); the rows of ``workers`` are read and written back, the others are kept.
+        ``None`` when μ = 0 (weight decay only). ``inputs`` as in :meth:`local_train`.
+        """
+        k = workers.numel()
+        W = w.expand(k, -1).clone()
+        rows = workers.to(self.device)
+        u = velocity.index_select(0, rows) if velocity is not None else None
+        x_rows = self._x_rows if inputs is None else inputs
+        for _ in range(rounds):
+            idx, mask = sample_batches(self.partition, workers, self.batch_size, generator)
+            idx, mask = idx.to(self.device), mask.to(self.device)
+            x = x_rows.index_select(0, idx.view(-1)).view(*idx.shape, *self._input_shape)
+            g = self.model.batched_grad(W, x, labels[idx], mask)
+            if weight_decay:
+                g = g + weight_decay * W
+            if u is not None:
+                g = u.mul_(momentum).add_(g)
+            W.sub_(g, alpha=self.lr)
+        if velocity is not None and u is not None:
+            velocity.index_copy_(0, rows, u)
+        return W
+
     def train_on(self, w: Tensor, x: Tensor, y: Tensor, rounds: int,
                  generator: torch.Generator) -> Tensor:
         """One model after ``rounds`` SGD steps from ``w`` on mini-batches of (x, y), drawn
