@@ -1,22 +1,28 @@
-"""Time one defense step (paper Section 5) at the paper's scale: LR-MNIST, k = 100, f = 20.
+"""Time the defenses at the paper's scale: LR-MNIST, k = 100 local models, d = 7,850, f = 20.
 
-    PYTHONPATH=src python benchmarks/bench_defenses.py [--repeats N] [--threads T] [--cnn]
+    PYTHONPATH=src python benchmarks/bench_defenses.py [--repeats N] [--threads T]
+        [--rules mean,krum,...] [--cnn] [--no-rejection] [--no-trust]
 
-One step = A = rule(all k models) and B_i = rule(all but i) for every i, then the error
-rates and cross-entropies of the k + 1 models on 100 validation examples, then the f (or
-2f) largest impacts. Per rule it times
+Part 1, rejection (paper Section 5). One ERR/LFR/Union step = A = rule(all k models) and
+B_i = rule(all but i) for every i, then the error rates and cross-entropies of the k + 1
+models on 100 validation examples, then the f largest impacts. Per rule it times
 
-* ``batched``: ``rejection.impacts`` + ``most_harmful`` (what ``lfr``/``union`` run: one
-  ``with_and_without`` and ONE ``Task.evaluate_many`` of k + 1 models);
+* ``batched``: ``rejection.impacts`` + ``most_harmful`` (what ``lfr``/``union`` run: the
+  rule's ``with_and_without`` and ONE ``Task.evaluate_many`` of k + 1 models);
 * ``plain loop``: k + 1 independent rule calls and k + 1 one-model evaluations;
-* the leave-one-out aggregation alone, batched vs the loop;
+* the leave-one-out aggregation alone, batched vs the loop.
 
-and prints medians (ms) and the loop / batched ratio. Inputs are synthetic with MNIST's
-shapes (784 features, 10 classes): timings do not depend on the values. Bulyan's defense
-is rejected at k = 100, f = 20 (80 models left < 4f + 3); its impacts are still timed.
-``--cnn`` adds the leave-one-out aggregation alone at d = 270k (the CNN's size), no model.
-On a machine shared with other jobs torch's thread pool suffers (see bench_aggregators.py):
-check the load average in the header, or compare with ``--threads 1``.
+Part 2, trust and detection defenses: the median time of one aggregation (a rule: FLTrust,
+FoolsGold, SignGuard, FLAME) or one rejection step (a defense: DnC, FLDetector) on the same
+k x d models. FLTrust includes the server's one SGD step on its 100 root examples; FoolsGold
+and FLDetector are timed in steady state (history and window already full; FLDetector's
+L-BFGS product, distances, gap statistics and 2-means every call, no detection yet).
+
+Inputs are synthetic with MNIST's shapes (784 features, 10 classes): timings do not depend on
+the values (SignGuard's Mean-Shift and FLAME's HDBSCAN a little). ``--cnn`` adds the
+leave-one-out aggregation alone at d = 270k (the CNN's size). On a machine shared with other
+jobs torch's thread pool suffers (see bench_aggregators.py): check the load average in the
+header, or compare with ``--threads 1``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -47,6 +54,7 @@ from timing import timings_ms
 
 K, F, N_VAL = 100, 20, 100
 RULES = ("mean", "krum", "trimmed-mean", "median", "bulyan")
+TRUST = ("fltrust", "foolsgold", "signguard", "flame", "dnc", "fldetector")
 
 
 def lr_mnist() -> tuple[Task, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -94,33 +102,16 @@ def plain_step(rule: str, W: torch.Tensor, evaluate: Callable, f: int) -> object
     return most_harmful(error_impact, f), most_harmful(loss_impact, f)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timings of each batched case")
-    parser.add_argument("--loop-repeats", type=int, default=3, help="timings of each loop")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rules")
-    parser.add_argument("--cnn", action="store_true", help="also leave-one-out at d = 270k")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rules = args.rules.split(",")
-
-    task, x, y, W = lr_mnist()
-
+def rejection(args: argparse.Namespace, task: Task, x: torch.Tensor, y: torch.Tensor,
+              W: torch.Tensor) -> None:
     def evaluate(models: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return task.evaluate_many(models, x, y)
 
-    print(
-        f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads,"
-        f" {platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f};"
-        f" LR-MNIST k={K}, d={W.shape[1]}, f={F}, {N_VAL} validation examples; medians in ms"
-    )
+    data = ServerData(x, y, evaluate)
     print("| rule | step batched | step plain loop | ratio | LOO batched | LOO loop | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for rule in rules:
-        server = ServerContext(1, W[0].clone(), {}, torch.Generator().manual_seed(0),
-                               ServerData(x, y, evaluate))
+    for rule in args.rules.split(","):
+        server = ServerContext(1, W[0].clone(), {}, torch.Generator().manual_seed(0), data)
         ctx = DefenseContext(W=W, f=F, rule=Pipeline(bound(rule)), server=server)
 
         def batched(ctx: DefenseContext = ctx) -> object:
@@ -140,13 +131,89 @@ def main() -> None:
         print(f"\nleave-one-out alone, k={K}, d=270000 (CNN size), f={F}; medians in ms")
         print("| rule | LOO batched | LOO loop | ratio |")
         print("|---|---:|---:|---:|")
-        for rule in rules:
+        for rule in args.rules.split(","):
             if rule == "bulyan":
                 continue
             loo_b = np.median(timings_ms(lambda r=rule: with_and_without(r, Wc, F), 3))
             loo_l = np.median(timings_ms(lambda r=rule: leave_one_out_loop(r, Wc, F), 1,
                                          warmup=0))
             print(f"| {rule} | {loo_b:.0f} | {loo_l:.0f} | {loo_l / loo_b:.1f}x |", flush=True)
+
+
+def trust(args: argparse.Namespace, task: Task, x: torch.Tensor, y: torch.Tensor,
+          W: torch.Tensor) -> None:
+    """One aggregation (rule) or rejection step (defense) of each trust/detection defense."""
+
+    def evaluate(models: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return task.evaluate_many(models, x, y)
+
+    def train(w: torch.Tensor, rounds: int, gen: torch.Generator) -> torch.Tensor:
+        return task.train_on(w, x, y, rounds, gen)
+
+    data = ServerData(x, y, evaluate, train)
+    previous = W.mean(0)
+    workers = torch.arange(K)
+    g = torch.Generator().manual_seed(3)
+    print("| defense | kind | median ms per aggregation | min | max |")
+    print("|---|---|---:|---:|---:|")
+    for name in TRUST:
+        kind = "rule" if ("rule", name) in registry.REGISTRY else "defense"
+        spec = registry.get(kind, name)
+        options = spec.resolve_options({"warmup": 0} if name == "fldetector" else {})
+        state: dict = {}
+
+        def call(t: int = 1, W: torch.Tensor = W, spec=spec, options=options, state=state,
+                 kind: str = kind) -> object:
+            prev = previous + 1e-3 * t * torch.ones_like(previous)
+            ctx = ServerContext(t, prev, state, g, data, None, workers, K)
+            if kind == "rule":
+                return spec.impl(W, F, ctx=ctx, **options)
+            return spec.impl(DefenseContext(W=W, f=F, rule=bind_rule("mean"), server=ctx),
+                             **options)
+
+        if name in ("foolsgold", "fldetector"):  # steady state: history and window full
+            for t in range(1, 13):
+                noisy = W + 1e-3 * torch.randn(W.shape, generator=g)
+                call(t, noisy)
+            assert not state.get("detected", False)
+        snapshot = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                    for k, v in state.items()}
+        times = np.empty(args.repeats)
+        for r in range(-1, args.repeats):  # one warm-up call; state restored, not timed
+            state.clear()
+            state.update({k: v.clone() if isinstance(v, torch.Tensor) else v
+                          for k, v in snapshot.items()})
+            start = time.perf_counter()
+            call(13)
+            if r >= 0:
+                times[r] = (time.perf_counter() - start) * 1e3
+        print(f"| {name} | {kind} | {np.median(times):.1f} | {times.min():.1f} |"
+              f" {times.max():.1f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timings of each batched case")
+    parser.add_argument("--loop-repeats", type=int, default=3, help="timings of each loop")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rules")
+    parser.add_argument("--cnn", action="store_true", help="also leave-one-out at d = 270k")
+    parser.add_argument("--no-rejection", action="store_true", help="skip ERR/LFR/Union")
+    parser.add_argument("--no-trust", action="store_true", help="skip the trust defenses")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task, x, y, W = lr_mnist()
+    print(
+        f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} threads,"
+        f" {platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f};"
+        f" LR-MNIST k={K}, d={W.shape[1]}, f={F}, {N_VAL} validation examples; medians in ms"
+    )
+    if not args.no_rejection:
+        rejection(args, task, x, y, W)
+    if not args.no_trust:
+        print()
+        trust(args, task, x, y, W)
 
 
 if __name__ == "__main__":

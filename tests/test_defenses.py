@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from defense_helpers import server_data
 from fedpoison import registry
 from fedpoison.aggregators import get_aggregator
 from fedpoison.aggregators import leave_one_out as loo
@@ -199,8 +200,14 @@ def test_every_rule_leave_one_out_equals_its_loop(rule: str) -> None:
         bound.check(14, 2)
     except ValueError:
         pytest.skip(f"{rule} does not accept 14 models with f = 2")
-    ctx = ServerContext(1, W[0].clone(), {}, torch.Generator().manual_seed(1))
-    A, B = bound.with_and_without(W, 2, ctx)
+    def fresh() -> ServerContext:
+        """The same context for both sequences of calls (state and generator start anew);
+        root data for rules that train on it (LR with 6 features, 3 classes: d = 21)."""
+        return ServerContext(1, W[0].clone(), {}, torch.Generator().manual_seed(1),
+                             server_data(d_in=6, classes=3))
+
+    A, B = bound.with_and_without(W, 2, fresh())
+    ctx = fresh()
     A_ref, B_ref = loop_with_and_without(lambda X: bound(X, 2, ctx), W)
     torch.testing.assert_close(A, A_ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(B, B_ref, rtol=1e-6, atol=1e-6)

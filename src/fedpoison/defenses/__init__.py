@@ -1,8 +1,11 @@
-"""Defenses (Section 5): choose rows of ``W`` to drop before the server's rule aggregates.
+"""Defenses: rejection before the rule (Section 5) and trust or detection defenses.
 
-Each defense registers itself in its own module (:func:`fedpoison.register_defense`) as
-``reject(ctx: DefenseContext, **options) -> indices to drop``. Importing this package
-registers the built-in ones: ``err``, ``lfr`` and ``union`` (:mod:`.rejection`).
+A defense that drops rows registers itself (:func:`fedpoison.register_defense`) as
+``reject(ctx: DefenseContext, **options) -> indices to drop``; a defense that aggregates with
+weights registers itself as a rule (:func:`fedpoison.register_rule`) and reports the rows it
+gave no weight with ``ctx.remove``. Importing this package imports every module in it (each
+registers its own components), so adding a defense is adding its module: ``err``, ``lfr``
+and ``union`` (:mod:`.rejection`) and the trust and detection defenses, one module each.
 """
 
 from __future__ import annotations
