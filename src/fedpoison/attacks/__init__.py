@@ -3,10 +3,14 @@
 Each attack registers itself in its own module (:func:`fedpoison.register_attack`): a model
 attack is ``craft(ctx: AttackContext, **options) -> Tensor[c, d]``, a data attack
 ``poison(ctx: DataAttackContext, **options) -> TrainingData``. Importing this package
-registers the built-in ones.
+imports every module in it, which registers the built-in attacks: a new attack is one new
+module here (and its test), named nowhere else.
 """
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from fedpoison.attacks.base import (
     AttackContext,
@@ -43,3 +47,9 @@ __all__ = [
     "solve_partial_krum_lambda",
     "trimmed_mean_attack",
 ]
+
+# Every other module of this package registers its attack when imported.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module
+

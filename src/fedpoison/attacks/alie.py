@@ -1,0 +1,101 @@
+"""A Little Is Enough (Baruch, Baruch, Goldberg, NeurIPS 2019, Section 4 and Algorithm 1).
+
+Every compromised worker sends the same update, per coordinate ``Δ′_j = μ_j − z·σ_j``, where
+``μ_j`` and ``σ_j`` are the mean and standard deviation of the updates ``Δᵢ = wᵢ − w_Re``
+the attacker estimates from. ``z`` keeps the crafted value within the spread of enough
+benign values that a majority-based rule still takes it (Section 4): with ``n`` workers
+(``ctx.m``, those aggregated this iteration) and ``c`` of them compromised, the attacker
+needs ``s = ⌊n/2 + 1⌋ − c`` "supporters" among the benign workers, and
+``z = max{z : Φ(z) < (n − s)/n} = Φ⁻¹((n − s)/n)``. The option ``z`` overrides it.
+
+Which updates the statistics come from (option ``estimate``; docs/choices.md, "Standard
+attacks"): ``all`` (default) — every update the attacker sees: all workers' under full
+knowledge, the compromised workers' own under partial knowledge (exactly the paper's
+Algorithm 1, whose attackers estimate from their own, benign-like, data); ``benign`` — the
+benign workers' only (the bucketing paper's and Shejwalkar's code; under partial knowledge,
+where the attacker sees no benign update, its own); ``own`` — the compromised workers' own
+under both knowledge levels. Standard deviation
+(option ``std``): ``population`` (default; the authors' code takes ``var ** 0.5`` with
+NumPy's default ``ddof = 0``) or ``sample`` (``n − 1``, as ``torch.std`` in later code).
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import torch
+from torch import Tensor
+
+from fedpoison.attacks.base import AttackContext
+from fedpoison.attacks.direction import check_context
+from fedpoison.registry import KNOWLEDGE, Diagnostic, Option, register_attack
+
+__all__ = ["alie_attack", "alie_z", "estimation_rows"]
+
+ESTIMATES = ("all", "benign", "own")
+
+
+def alie_z(n: int, c: int) -> float:
+    """``Φ⁻¹((n − s)/n)`` with ``s = ⌊n/2 + 1⌋ − c`` (Section 4); ``ValueError`` when the
+    attackers need no supporters (``s ≤ 0``: the quantile is 1 and ``z`` infinite)."""
+    s = math.floor(n / 2 + 1) - c
+    if s <= 0:
+        raise ValueError(f"alie: with c={c} of n={n} workers the attackers are a majority "
+                         f"(s = ⌊n/2 + 1⌋ − c = {s} ≤ 0) and z is infinite; set option z")
+    return NormalDist().inv_cdf((n - s) / n)
+
+
+def estimation_rows(ctx: AttackContext, estimate: str) -> Tensor:
+    """The before-attack models an estimate is taken over: ``all`` it sees, the ``benign``
+    workers' (its own under partial knowledge), or its ``own``."""
+    if estimate == "own" or ctx.knowledge == "partial":
+        return ctx.compromised
+    assert ctx.benign is not None
+    if estimate == "benign":
+        return ctx.benign
+    return torch.cat([ctx.compromised, ctx.benign.to(ctx.compromised.device)])
+
+
+def alie_attack(ctx: AttackContext, *, z: float | None = None, estimate: str = "all",
+                std: str = "population") -> Tensor:
+    """``craft(ctx)``: ``c`` copies of ``w_Re + μ − z·σ`` (float32 ``[c, d]``)."""
+    check_context(ctx, "alie")
+    if estimate not in ESTIMATES:
+        raise ValueError(f"alie: estimate must be one of {', '.join(ESTIMATES)}, got "
+                         f"{estimate!r}")
+    zz = alie_z(ctx.m, ctx.c) if z is None else float(z)
+    U = ctx.updates(estimation_rows(ctx, estimate)).to(torch.float64)
+    n = U.shape[0]
+    mu = U.mean(dim=0)
+    correction = 1 if std == "sample" and n > 1 else 0
+    sigma = U.var(dim=0, correction=correction).sqrt() if n > 1 else torch.zeros_like(mu)
+    ctx.note("alie_z", zz)
+    delta = (mu - zz * sigma).float()
+    return ctx.models_from(delta).expand(ctx.c, -1).clone()
+
+
+def check_alie(m: int, c: int, f: int, knowledge: str | None, goal: str | None,
+               z: float | None = None, **options: object) -> None:
+    """z must be finite: s = ⌊m/2 + 1⌋ − c ≥ 1 unless the option z is given."""
+    if z is None:
+        alie_z(m, c)
+
+
+register_attack(
+    "alie", alie_attack,
+    reference="Baruch, Baruch, Goldberg, 'A Little Is Enough: Circumventing Defenses For "
+              "Distributed Learning', NeurIPS 2019: Section 4, Algorithm 1",
+    summary="every compromised worker sends μ − z·σ per coordinate of the updates it sees, "
+            "z = Φ⁻¹((n − s)/n) with s = ⌊n/2 + 1⌋ − c supporters",
+    options=[
+        Option("z", None, "how many standard deviations below the mean", type=float,
+               default_text="Φ⁻¹((m − s)/m), s = ⌊m/2 + 1⌋ − c"),
+        Option("estimate", "all", "updates μ and σ come from: all it sees, the benign "
+               "workers' (its own under partial knowledge) or its own", choices=ESTIMATES),
+        Option("std", "population", "standard deviation with n (population) or n − 1 "
+               "(sample) in the denominator", choices=("population", "sample")),
+    ],
+    knowledge=KNOWLEDGE, goals=(), check=check_alie,
+    diagnostics=[Diagnostic("alie_z", "z of μ − z·σ")],
+)
