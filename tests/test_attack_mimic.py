@@ -58,7 +58,7 @@ def test_copies_the_worker_the_papers_online_heuristic_picks(warmup: int, seed: 
     for W in rounds:  # one run: the same generator object carries the state
         X = craft("mimic", dataclasses.replace(ctx, compromised=W[:C], benign=W[C:]))
         j = int(torch.nonzero((W[C:] == X[0]).all(1))[0, 0])
-        assert bool((X == W[C + j]).all())  # an exact copy, sent by every compromised worker
+        assert bool((W[C + j] == X).all())  # an exact copy, sent by every compromised worker
         got.append(j)
     assert got == want
     assert len(set(got[warmup - 1:])) == 1  # fixed after the warm-up

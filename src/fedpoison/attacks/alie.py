@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -57,6 +58,22 @@ def estimation_rows(ctx: AttackContext, estimate: str) -> Tensor:
     return torch.cat([ctx.compromised, ctx.benign.to(ctx.compromised.device)])
 
 
+def mean_and_std(U: Tensor, ddof: int) -> tuple[Tensor, Tensor]:
+    """Per-coordinate mean and standard deviation (``n − ddof`` denominator; 0 for one row),
+    float64; CPU tensors through NumPy (much faster than torch's along the worker axis)."""
+    n = U.shape[0]
+    if U.device.type == "cpu":
+        A = U.detach().numpy()
+        mu = np.mean(A, axis=0, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            sd = (np.std(A, axis=0, ddof=ddof, dtype=np.float64) if n > 1
+                  else np.zeros_like(mu))
+        return torch.from_numpy(mu), torch.from_numpy(sd)
+    U64 = U.detach().to(torch.float64)
+    sd = U64.std(dim=0, correction=ddof) if n > 1 else torch.zeros_like(U64[0])
+    return U64.mean(dim=0), sd
+
+
 def alie_attack(ctx: AttackContext, *, z: float | None = None, estimate: str = "all",
                 std: str = "population") -> Tensor:
     """``craft(ctx)``: ``c`` copies of ``w_Re + μ − z·σ`` (float32 ``[c, d]``)."""
@@ -65,13 +82,10 @@ def alie_attack(ctx: AttackContext, *, z: float | None = None, estimate: str = "
         raise ValueError(f"alie: estimate must be one of {', '.join(ESTIMATES)}, got "
                          f"{estimate!r}")
     zz = alie_z(ctx.m, ctx.c) if z is None else float(z)
-    U = ctx.updates(estimation_rows(ctx, estimate)).to(torch.float64)
-    n = U.shape[0]
-    mu = U.mean(dim=0)
-    correction = 1 if std == "sample" and n > 1 else 0
-    sigma = U.var(dim=0, correction=correction).sqrt() if n > 1 else torch.zeros_like(mu)
+    mu, sigma = mean_and_std(ctx.updates(estimation_rows(ctx, estimate)),
+                             1 if std == "sample" else 0)
     ctx.note("alie_z", zz)
-    delta = (mu - zz * sigma).float()
+    delta = (mu - zz * sigma).float().to(ctx.w_re.device)
     return ctx.models_from(delta).expand(ctx.c, -1).clone()
 
 

@@ -25,8 +25,8 @@ largest distance is convex in ``γ`` and ``μ`` itself is feasible), so the answ
 
 Closed form: only the distances from ``Δ′`` change with ``γ``;
 ``‖μ + γp − Δᵢ‖² = aᵢ + 2γbᵢ + γ²‖p‖²`` with ``aᵢ = ‖μ − Δᵢ‖²`` and ``bᵢ = pᵀ(μ − Δᵢ)``,
-computed once, as are the references' pairwise distances (one Gram matrix); a search step
-is O(n).
+and the references' pairwise distances, all from one Gram matrix of the references centred
+on ``μ``; a search step is O(n).
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedpoison.aggregators.krum import pairwise_sq_distances
 from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import check_context
+from fedpoison.attacks.trimmed_mean_attack import mean_std
 from fedpoison.registry import KNOWLEDGE, Diagnostic, Option, register_attack
 
-__all__ = ["PERTURBATIONS", "Reference", "halving_search", "min_max_attack",
-           "perturbation", "reference"]
+__all__ = ["PERTURBATIONS", "Reference", "Terms", "distance_terms", "halving_search",
+           "min_max_attack", "perturbation", "reference"]
 
 #: The perturbations of Section IV (``p`` of ``Δ′ = μ + γp``).
 PERTURBATIONS = ("std", "unit_vec", "sign")
@@ -65,7 +65,8 @@ def perturbation(U: Tensor, mu: Tensor, kind: str) -> Tensor:
     A zero ``μ`` gives ``p = 0`` for ``unit_vec``; one reference row gives ``σ = 0``.
     """
     if kind == "std":
-        return -(U.std(dim=0, correction=1) if U.shape[0] > 1 else torch.zeros_like(mu))
+        with np.errstate(invalid="ignore", over="ignore"):  # hostile rows: NaN, no warning
+            return -mean_std(U)[1].to(mu.device)
     if kind == "unit_vec":
         norm = torch.linalg.vector_norm(mu)
         return -mu / norm if bool(norm > 0) else torch.zeros_like(mu)
@@ -98,12 +99,29 @@ def halving_search(ok: Callable[[float], bool], gamma_init: float, threshold: fl
     return succ, steps
 
 
-def distance_terms(ref: Reference) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(a, b, ‖p‖²)`` with ``‖μ + γp − Δᵢ‖² = aᵢ + 2γbᵢ + γ²‖p‖²`` (float64, NumPy)."""
-    C = ref.mu.unsqueeze(0) - ref.U  # μ − Δᵢ
-    a = (C * C).sum(dim=1)
-    b = C @ ref.p
-    return a.cpu().numpy(), b.cpu().numpy(), float(ref.p @ ref.p)
+@dataclass(frozen=True)
+class Terms:
+    """``‖μ + γp − Δᵢ‖² = a[i] + 2γ·b[i] + γ²·pp`` and the references' pairwise squared
+    distances ``D2`` (float64 NumPy), from one Gram matrix of the centred references."""
+
+    a: np.ndarray
+    b: np.ndarray
+    pp: float
+    D2: np.ndarray
+
+
+def distance_terms(ref: Reference) -> Terms:
+    """The :class:`Terms` of ``ref``: ``aᵢ = ‖μ − Δᵢ‖²``, ``bᵢ = pᵀ(μ − Δᵢ)``, ``pp = ‖p‖²``,
+    ``D2[i, j] = ‖Δᵢ − Δⱼ‖²`` (clamped at 0), all from ``G = (Δ − μ)(Δ − μ)ᵀ``."""
+    Cn = (ref.U - ref.mu).cpu().numpy()  # centred on the mean: no cancellation
+    p = ref.p.cpu().numpy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        G = Cn @ Cn.T
+        a = np.diagonal(G).copy()
+        D2 = np.maximum(a[:, None] + a[None, :] - 2.0 * G, 0.0)
+        b = -(Cn @ p)
+        pp = float(p @ p)
+    return Terms(a, b, pp, D2)
 
 
 def crafted(ctx: AttackContext, ref: Reference, gamma: float) -> Tensor:
@@ -114,8 +132,9 @@ def crafted(ctx: AttackContext, ref: Reference, gamma: float) -> Tensor:
 def min_max_gamma(ref: Reference, gamma_init: float = 10.0, threshold: float = 1e-5
                   ) -> tuple[float, int]:
     """Largest γ (by the search) with ``max_i ‖μ + γp − Δᵢ‖² ≤ max_{i,j} ‖Δᵢ − Δⱼ‖²``."""
-    a, b, pp = distance_terms(ref)
-    bound = float(pairwise_sq_distances(ref.U).max())
+    T = distance_terms(ref)
+    a, b, pp = T.a, T.b, T.pp
+    bound = float(T.D2.max())
 
     def ok(gamma: float) -> bool:
         return bool(np.max(a + 2.0 * gamma * b + gamma * gamma * pp) <= bound)

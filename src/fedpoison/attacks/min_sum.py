@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from fedpoison.aggregators.krum import pairwise_sq_distances
 from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import check_context
 from fedpoison.attacks.min_max import (
@@ -45,11 +44,11 @@ def min_sum_gamma(ref: Reference, gamma_init: float = 10.0, threshold: float = 1
     """Largest γ (by the search) with ``Σᵢ ‖μ + γp − Δᵢ‖² ≤ max_i Σⱼ ‖Δᵢ − Δⱼ‖²`` (or min)."""
     if bound not in BOUNDS:
         raise ValueError(f"min-sum: bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
-    a, b, pp = distance_terms(ref)
-    n = len(a)
+    T = distance_terms(ref)
+    n, pp = len(T.a), T.pp
     with np.errstate(invalid="ignore", over="ignore"):
-        sa, sb = float(np.sum(a)), float(np.sum(b))
-    sums = pairwise_sq_distances(ref.U).sum(dim=1)
+        sa, sb = float(np.sum(T.a)), float(np.sum(T.b))
+        sums = T.D2.sum(axis=1)
     limit = float(sums.max() if bound == "max" else sums.min())
 
     def ok(gamma: float) -> bool:
