@@ -121,6 +121,14 @@ def distance_terms(ref: Reference) -> Terms:
         D2 = np.maximum(a[:, None] + a[None, :] - 2.0 * G, 0.0)
         b = -(Cn @ p)
         pp = float(p @ p)
+    # A row with NaN or ±Inf (or overflowing) is infinitely far from every other, as in
+    # aggregators.krum.pairwise_sq_distances.
+    bad = ~(np.isfinite(Cn).all(axis=1) & np.isfinite(a))
+    D2[np.isnan(D2)] = np.inf
+    D2[bad, :] = np.inf
+    D2[:, bad] = np.inf
+    np.fill_diagonal(D2, 0.0)
+    a[bad], b[bad] = np.inf, 0.0
     return Terms(a, b, pp, D2)
 
 
