@@ -114,7 +114,7 @@ def test_closed_form_is_the_registered_rule(rule: str, m: int, beta: int | None)
     for g in (0.0, 0.2, 1.0, 3.0, 40.0):
         A = matrix(ref, g)
         want = trimmed_mean(A, C, beta) if rule == "trimmed-mean" else median(A, C)
-        torch.testing.assert_close(fast(g), want.double(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(fast(g)), want.double(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -165,8 +165,21 @@ def test_same_seed_same_rows(rule: str) -> None:
                        craft("agr-tailored", context(w_re, W, rule, seed=2)))
 
 
-def test_vectorized() -> None:
-    assert loops_outside(agr_tailored.__file__, set()) == []
+@pytest.mark.parametrize("seed", range(20))
+def test_early_stopping_selection_is_bulyans(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    m, f = 23, 4
+    c = int(torch.randint(1, 6, (1,), generator=g))
+    A = torch.randn(m, 5, generator=g)
+    A[:c] = A[0] + 0.3 * float(torch.rand(1, generator=g)) * torch.randn(c, 5, generator=g)
+    D2 = pairwise_sq_distances(A)
+    for theta in (2 * f + 1, m - 2 * f):
+        want = sum(i < c for i in bulyan_select(D2, f, theta)) == c
+        assert agr_tailored.selects_all(D2.numpy(), c, f, theta) == want
+
+
+def test_vectorized_only_the_selection_steps_loop() -> None:
+    assert loops_outside(agr_tailored.__file__, {"selects_all"}) == []
 
 
 def test_other_rules_are_a_clear_config_error() -> None:

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from fedpoison import registry
-from fedpoison.aggregators.bulyan import bulyan_select, check_bulyan
+from fedpoison.aggregators.bulyan import check_bulyan
 from fedpoison.aggregators.coordinate import check_trimmed_mean, sort_workers
 from fedpoison.aggregators.krum import check_krum, krum_scores
 from fedpoison.attacks.base import AttackContext
@@ -56,7 +56,7 @@ from fedpoison.attacks.min_max import (
 )
 from fedpoison.registry import Diagnostic, Option, register_attack
 
-__all__ = ["TARGETS", "agr_tailored_attack", "coordinate_aggregate", "oracle"]
+__all__ = ["TARGETS", "agr_tailored_attack", "coordinate_aggregate", "oracle", "selects_all"]
 
 #: Rules the attack is tailored to, with the authors' γ_init for each.
 TARGETS: dict[str, float] = {"krum": 3.0, "bulyan": 3.0, "trimmed-mean": 10.0, "median": 10.0}
@@ -89,31 +89,61 @@ def _full_distances(ref: Reference, c: int) -> Callable[[float], Tensor]:
     return at
 
 
-def coordinate_aggregate(ref: Reference, c: int, beta: int) -> Callable[[float], Tensor]:
+def coordinate_aggregate(ref: Reference, c: int, beta: int) -> Callable[[float], np.ndarray]:
     """γ -> the trimmed mean with ``beta`` per side of ``{c copies of μ + γp} ∪ benign``
-    (the median for ``beta = (m − 1) // 2``), float64 [d], from one sort of the benign
+    (the median for ``beta = (m − 1) // 2``), float64 NumPy [d], from one sort of the benign
     values and their prefix sums."""
-    S = sort_workers(ref.U)  # [n, d], ascending per coordinate (NaN -> +inf, as the rules)
+    S = sort_workers(ref.U).cpu().numpy()  # [n, d] ascending per coordinate (NaN -> +inf)
     n, d = S.shape
-    P = torch.cat([torch.zeros((1, d), dtype=S.dtype, device=S.device), S.cumsum(dim=0)])
+    with np.errstate(invalid="ignore", over="ignore"):
+        P = np.concatenate([np.zeros((1, d)), np.cumsum(S, axis=0)])
+    mu, p = ref.mu.cpu().numpy(), ref.p.cpu().numpy()
     m = n + c
     keep = m - 2 * beta
     top = m - beta  # merged positions [beta, top) are kept
 
-    def window_sum(lo: Tensor, hi: Tensor) -> Tensor:
-        lo = lo.clamp(0, n)
-        hi = torch.maximum(hi.clamp(0, n), lo)
-        return (P.gather(0, hi.unsqueeze(0)) - P.gather(0, lo.unsqueeze(0))).squeeze(0)
+    def window_sum(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        lo = np.clip(lo, 0, n)
+        hi = np.maximum(np.clip(hi, 0, n), lo)
+        return (np.take_along_axis(P, hi[None], axis=0)
+                - np.take_along_axis(P, lo[None], axis=0))[0]
 
-    def at(gamma: float) -> Tensor:
-        x = ref.mu + gamma * ref.p  # [d]: the c crafted values of each coordinate
-        r = (x > S).sum(dim=0)  # benign values below them (their merged position)
-        copies = (torch.clamp(r + c, max=top) - torch.clamp(r, min=beta)).clamp(min=0)
-        below = window_sum(torch.full_like(r, beta), torch.clamp(r, max=top))
-        above = window_sum(torch.clamp(r, min=beta - c), torch.full_like(r, top - c))
-        return (below + above + copies.to(x.dtype) * x) / keep
+    def at(gamma: float) -> np.ndarray:
+        x = mu + gamma * p  # the c crafted values of each coordinate
+        r = np.count_nonzero(x > S, axis=0)  # benign values below them: their merged position
+        copies = np.maximum(np.minimum(r + c, top) - np.maximum(r, beta), 0)
+        below = window_sum(np.full(d, beta), np.minimum(r, top))
+        above = window_sum(np.maximum(r, beta - c), np.full(d, top - c))
+        return (below + above + copies * x) / keep
 
     return at
+
+
+def selects_all(D2: np.ndarray, c: int, f: int, theta: int) -> bool:
+    """Whether Bulyan's repeated-Krum selection of ``theta`` models (exactly as
+    ``aggregators.bulyan.bulyan_select``) takes all of rows ``0 .. c − 1``; stops as soon as
+    the answer is known (one selection per step, as there)."""
+    m = D2.shape[0]
+    order = np.argsort(D2, axis=1, kind="stable")
+    Ds = np.take_along_axis(D2, order, axis=1)
+    not_self = order != np.arange(m)[:, None]
+    alive = np.ones(m, dtype=bool)
+    taken = 0
+    for step in range(theta):
+        n = m - step
+        k = min(max(1, n - f - 2), n - 1)
+        neighbour = alive[order] & not_self
+        take = neighbour & (np.cumsum(neighbour, axis=1) <= k)
+        scores = np.where(take, Ds, 0.0).sum(axis=1)
+        scores[~alive] = np.inf
+        pick = int(np.flatnonzero(alive & (scores == scores[alive].min()))[0])
+        alive[pick] = False
+        taken += pick < c
+        if taken == c:
+            return True
+        if c - taken > theta - step - 1:
+            return False
+    return False
 
 
 def oracle(ctx: AttackContext, ref: Reference) -> Callable[[float], bool]:
@@ -134,7 +164,7 @@ def oracle(ctx: AttackContext, ref: Reference) -> Callable[[float], bool]:
         theta, _ = check_bulyan(m, f, options.get("theta"), options.get("gamma"))
 
         def all_selected(gamma: float) -> bool:
-            return int(np.sum(np.asarray(bulyan_select(D2_at(gamma), f, theta)) < c)) == c
+            return selects_all(D2_at(gamma).numpy(), c, f, theta)
 
         return all_selected
     if not preaggs and name in ("trimmed-mean", "median"):
@@ -145,15 +175,17 @@ def oracle(ctx: AttackContext, ref: Reference) -> Callable[[float], bool]:
         assert ctx.benign is not None
         benign = ctx.benign.detach().to(ctx.w_re.device, torch.float32)
 
-        def aggregate(gamma: float) -> Tensor:
+        def aggregate(gamma: float) -> np.ndarray:
             X = crafted(ctx, ref, gamma)
-            return ctx.updates(ctx.aggregate(torch.cat([X, benign]))).to(torch.float64)
+            out = ctx.updates(ctx.aggregate(torch.cat([X, benign]))).to(torch.float64)
+            return out.cpu().numpy()
 
     prev = -1.0
+    mu_np = mu.cpu().numpy()
 
     def grew(gamma: float) -> bool:  # the authors' oracle: the loss grew since the last step
         nonlocal prev
-        loss = float(torch.linalg.vector_norm(aggregate(gamma).to(mu.device) - mu))
+        loss = float(np.linalg.norm(aggregate(gamma) - mu_np))
         out = prev < loss
         prev = loss
         return out
