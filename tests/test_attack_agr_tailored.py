@@ -90,6 +90,43 @@ def test_output_moves_farther_along_p_than_any_smaller_gamma_and_is_accepted(
                                    (ref.mu + gamma * ref.p), rtol=0, atol=1e-5)
 
 
+def authors_search(works, gamma_init: float, tau: float = 1e-5) -> float:
+    """The search as the authors' code writes it (lamda, lamda_fail, lamda_succ)."""
+    lamda, lamda_fail, lamda_succ = gamma_init, gamma_init, 0.0
+    while abs(lamda_succ - lamda) > tau:
+        if works(lamda):
+            lamda_succ = lamda
+            lamda = lamda + lamda_fail / 2
+        else:
+            lamda = lamda - lamda_fail / 2
+        lamda_fail = lamda_fail / 2
+    return lamda_succ
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("seed", range(3))
+def test_gamma_is_the_authors_search_with_the_registered_rule(rule: str, seed: int) -> None:
+    """Every step's decision recomputed from scratch with the registered rule."""
+    import dataclasses
+
+    w_re, W = synthetic(30 + seed, M, D, noise=0.1 + 0.5 * seed)
+    ctx = dataclasses.replace(context(w_re, W, rule), notes={})
+    craft("agr-tailored", ctx)
+    ref = min_max.reference(ctx, "std")
+    prev = [-1.0]
+
+    def works(g: float) -> bool:
+        A = matrix(ref, g)
+        if rule in ("krum", "bulyan"):
+            return accepted(rule, A, C)
+        loss = float((aggregate(rule, A, C) - ref.mu).norm())
+        out, prev[0] = prev[0] < loss, loss
+        return out
+
+    want = authors_search(works, agr_tailored.TARGETS[rule])
+    assert ctx.notes["agr_tailored_gamma"] == [pytest.approx(want, abs=1e-9)]
+
+
 @pytest.mark.parametrize("rule", ["krum", "bulyan"])
 @pytest.mark.parametrize("seed", range(4))
 def test_selection_rules_gamma_is_maximal(rule: str, seed: int) -> None:
