@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attack_helpers import craft, hostile, loops_outside, make_context, synthetic
-from fedpoison import RunConfig
+from fedpoison import RunConfig, registry
 from fedpoison.aggregators import (
     bulyan_select,
     krum,
@@ -217,6 +217,14 @@ def test_early_stopping_selection_is_bulyans(seed: int) -> None:
 
 def test_vectorized_only_the_selection_steps_loop() -> None:
     assert loops_outside(agr_tailored.__file__, {"selects_all"}) == []
+
+
+def test_defaults_are_the_authors() -> None:
+    assert agr_tailored.TARGETS == {"krum": 3.0, "bulyan": 3.0, "trimmed-mean": 10.0,
+                                    "median": 10.0}
+    spec = registry.get("attack", "agr-tailored")
+    assert spec.option("perturbation").default == "std"
+    assert spec.option("threshold").default == 1e-5
 
 
 def test_other_rules_are_a_clear_config_error() -> None:
