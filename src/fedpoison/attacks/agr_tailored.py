@@ -1,5 +1,5 @@
 """AGR-tailored attacks (Shejwalkar, Houmansadr, "Manipulating the Byzantine", NDSS 2021,
-Section IV-B), against Krum, Bulyan, trimmed mean and median.
+the AGR-tailored attacks), against Krum, Bulyan, trimmed mean and median.
 
 Every compromised worker sends ``Δ′ = μ + γ·p`` (``μ``, ``p`` and the search for ``γ`` as in
 Min-Max, :mod:`fedpoison.attacks.min_max`: ``μ`` the benign workers' mean update, ``p`` the
@@ -225,8 +225,8 @@ def check_agr_tailored(m: int, c: int, f: int, knowledge: str | None, goal: str 
 register_attack(
     "agr-tailored", agr_tailored_attack,
     reference="Shejwalkar, Houmansadr, 'Manipulating the Byzantine: Optimizing Model "
-              "Poisoning Attacks and Defenses for Federated Learning', NDSS 2021: Section "
-              "IV-B (AGR-tailored attacks)",
+              "Poisoning Attacks and Defenses for Federated Learning', NDSS 2021: the "
+              "AGR-tailored attacks",
     summary="every compromised worker sends μ + γp with γ found by the paper's search against "
             "the target rule (Krum/Bulyan select them; trimmed mean/median deviate most)",
     options=[

@@ -1,9 +1,9 @@
-"""A Little Is Enough (Baruch, Baruch, Goldberg, NeurIPS 2019, Section 4 and Algorithm 1).
+"""A Little Is Enough (Baruch, Baruch, Goldberg, NeurIPS 2019: the attack and its Algorithm 1).
 
 Every compromised worker sends the same update, per coordinate ``Δ′_j = μ_j − z·σ_j``, where
 ``μ_j`` and ``σ_j`` are the mean and standard deviation of the updates ``Δᵢ = wᵢ − w_Re``
 the attacker estimates from. ``z`` keeps the crafted value within the spread of enough
-benign values that a majority-based rule still takes it (Section 4): with ``n`` workers
+benign values that a majority-based rule still takes it: with ``n`` workers
 (``ctx.m``, those aggregated this iteration) and ``c`` of them compromised, the attacker
 needs ``s = ⌊n/2 + 1⌋ − c`` "supporters" among the benign workers, and
 ``z = max{z : Φ(z) < (n − s)/n} = Φ⁻¹((n − s)/n)``. The option ``z`` overrides it.
@@ -38,7 +38,7 @@ ESTIMATES = ("all", "benign", "own")
 
 
 def alie_z(n: int, c: int) -> float:
-    """``Φ⁻¹((n − s)/n)`` with ``s = ⌊n/2 + 1⌋ − c`` (Section 4); ``ValueError`` when the
+    """``Φ⁻¹((n − s)/n)`` with ``s = ⌊n/2 + 1⌋ − c`` supporters; ``ValueError`` when the
     attackers need no supporters (``s ≤ 0``: the quantile is 1 and ``z`` infinite)."""
     s = math.floor(n / 2 + 1) - c
     if s <= 0:
@@ -99,7 +99,7 @@ def check_alie(m: int, c: int, f: int, knowledge: str | None, goal: str | None,
 register_attack(
     "alie", alie_attack,
     reference="Baruch, Baruch, Goldberg, 'A Little Is Enough: Circumventing Defenses For "
-              "Distributed Learning', NeurIPS 2019: Section 4, Algorithm 1",
+              "Distributed Learning', NeurIPS 2019: the attack, Algorithm 1",
     summary="every compromised worker sends μ − z·σ per coordinate of the updates it sees, "
             "z = Φ⁻¹((n − s)/n) with s = ⌊n/2 + 1⌋ − c supporters",
     options=[

@@ -1,4 +1,4 @@
-"""Inner product manipulation (Xie, Koyejo, Gupta, "Fall of Empires", UAI 2019, Section 4).
+"""Inner product manipulation (Xie, Koyejo, Gupta, "Fall of Empires", UAI 2019).
 
 Every compromised worker sends ``Δ′ = −ε · μ``, ``μ`` the mean of the updates
 ``Δᵢ = wᵢ − w_Re`` it estimates from, so that the aggregate's inner product with the true
@@ -39,7 +39,7 @@ def ipm_attack(ctx: AttackContext, *, epsilon: float = 0.1, estimate: str = "ben
 register_attack(
     "ipm", ipm_attack,
     reference="Xie, Koyejo, Gupta, 'Fall of Empires: Breaking Byzantine-tolerant SGD by "
-              "Inner Product Manipulation', UAI 2019: Section 4",
+              "Inner Product Manipulation', UAI 2019: the inner product manipulation attack",
     summary="every compromised worker sends −ε times the mean update it sees (inner product "
             "−ε‖μ‖² with the benign mean)",
     options=[

@@ -1,5 +1,5 @@
 """Mimic (Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via
-Bucketing", ICLR 2022, Section 5 and their code's ``MimicVariantAttacker``).
+Bucketing", ICLR 2022: the mimic attack, as their code's ``MimicVariantAttacker`` runs it).
 
 Every compromised worker sends a copy of one benign worker's model, so that this worker's
 (non-IID) data is over-represented while nothing looks abnormal. The worker is the one
@@ -110,7 +110,7 @@ def check_mimic(m: int, c: int, f: int, knowledge: str | None, goal: str | None,
 register_attack(
     "mimic", mimic_attack,
     reference="Karimireddy, He, Jaggi, 'Byzantine-Robust Learning on Heterogeneous Datasets "
-              "via Bucketing', ICLR 2022: Section 5 (mimic attack) and their code",
+              "via Bucketing', ICLR 2022: the mimic attack, and their code",
     summary="every compromised worker sends a copy of the benign model farthest along the "
             "benign updates' direction of largest variance (estimated online in a warm-up)",
     options=[Option("warmup", 1, "attack iterations that estimate the direction and re-choose "

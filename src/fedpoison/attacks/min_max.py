@@ -1,4 +1,4 @@
-"""Min-Max (Shejwalkar, Houmansadr, "Manipulating the Byzantine", NDSS 2021, Section IV-C).
+"""Min-Max (Shejwalkar, Houmansadr, "Manipulating the Byzantine", NDSS 2021: AGR-agnostic).
 
 Every compromised worker sends ``Δ′ = μ + γ·p``: ``μ`` the mean of the reference updates
 ``Δᵢ = wᵢ − w_Re`` (the benign workers' under full knowledge; the compromised workers' own,
@@ -46,7 +46,7 @@ from fedpoison.registry import KNOWLEDGE, Diagnostic, Option, register_attack
 __all__ = ["PERTURBATIONS", "Reference", "Terms", "distance_terms", "halving_search",
            "min_max_attack", "perturbation", "reference"]
 
-#: The perturbations of Section IV (``p`` of ``Δ′ = μ + γp``).
+#: The paper's perturbations (``p`` of ``Δ′ = μ + γp``).
 PERTURBATIONS = ("std", "unit_vec", "sign")
 
 
@@ -181,8 +181,8 @@ def check_search(m: int, c: int, f: int, knowledge: str | None, goal: str | None
 register_attack(
     "min-max", min_max_attack,
     reference="Shejwalkar, Houmansadr, 'Manipulating the Byzantine: Optimizing Model "
-              "Poisoning Attacks and Defenses for Federated Learning', NDSS 2021: Section "
-              "IV-C (AGR-agnostic Min-Max)",
+              "Poisoning Attacks and Defenses for Federated Learning', NDSS 2021: the "
+              "AGR-agnostic Min-Max attack",
     summary="every compromised worker sends μ + γp with the largest γ whose largest distance "
             "to a benign update stays within the benign updates' largest pairwise distance",
     options=[

@@ -1,4 +1,4 @@
-"""Min-Sum (Shejwalkar, Houmansadr, "Manipulating the Byzantine", NDSS 2021, Section IV-C).
+"""Min-Sum (Shejwalkar, Houmansadr, "Manipulating the Byzantine", NDSS 2021: AGR-agnostic).
 
 Every compromised worker sends ``Δ′ = μ + γ·p`` (``μ``, ``p``, the reference updates and the
 search for ``γ`` as in Min-Max, :mod:`fedpoison.attacks.min_max`) with the largest ``γ``
@@ -70,8 +70,8 @@ def min_sum_attack(ctx: AttackContext, *, perturbation: str = "std", bound: str 
 register_attack(
     "min-sum", min_sum_attack,
     reference="Shejwalkar, Houmansadr, 'Manipulating the Byzantine: Optimizing Model "
-              "Poisoning Attacks and Defenses for Federated Learning', NDSS 2021: Section "
-              "IV-C (AGR-agnostic Min-Sum)",
+              "Poisoning Attacks and Defenses for Federated Learning', NDSS 2021: the "
+              "AGR-agnostic Min-Sum attack",
     summary="every compromised worker sends μ + γp with the largest γ whose sum of squared "
             "distances to the benign updates stays within a benign update's own",
     options=[
