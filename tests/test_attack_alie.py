@@ -21,9 +21,12 @@ def context(w_re: torch.Tensor, W: torch.Tensor, *, c: int = C, knowledge: str =
                         seed=seed, **options)
 
 
-def expected(rows: torch.Tensor, w_re: torch.Tensor, z: float, ddof: int) -> torch.Tensor:
-    """μ_j − zσ_j of the updates of ``rows``, coordinate by coordinate (slow, independent)."""
-    U = rows.double() - w_re.double()
+def expected(rows: torch.Tensor, w_re: torch.Tensor, z: float, ddof: int,
+             space: str = "gradient") -> torch.Tensor:
+    """The model whose update is μ_j − zσ_j of the gradients (g = −Δ: the updates negated)
+    or, for ``space="update"``, of the updates of ``rows``; coordinate by coordinate."""
+    flip = -1.0 if space == "gradient" else 1.0
+    U = flip * (rows.double() - w_re.double())
     n = U.shape[0]
     out = torch.empty(U.shape[1], dtype=torch.float64)
     for j in range(U.shape[1]):
@@ -31,7 +34,7 @@ def expected(rows: torch.Tensor, w_re: torch.Tensor, z: float, ddof: int) -> tor
         mu = sum(col) / n
         var = sum((v - mu) ** 2 for v in col) / (n - ddof)
         out[j] = mu - z * math.sqrt(var)
-    return out + w_re.double()
+    return flip * out + w_re.double()
 
 
 def largest_z_below(q: float) -> float:
@@ -60,12 +63,14 @@ def test_z_needs_supporters() -> None:
     ("partial", "all", slice(0, C)), ("partial", "benign", slice(0, C)),
     ("partial", "own", slice(0, C))])
 @pytest.mark.parametrize("std", ["population", "sample"])
+@pytest.mark.parametrize("space", ["gradient", "update"])
 def test_every_coordinate_is_mu_minus_z_sigma_of_the_rows_it_may_see(
-        knowledge: str, estimate: str, rows: slice, std: str) -> None:
+        knowledge: str, estimate: str, rows: slice, std: str, space: str) -> None:
     w_re, W = synthetic(0, M, D)
-    X = craft("alie", context(w_re, W, knowledge=knowledge, estimate=estimate, std=std))
+    X = craft("alie", context(w_re, W, knowledge=knowledge, estimate=estimate, std=std,
+                              space=space))
     z = alie.alie_z(M, C)
-    want = expected(W[rows], w_re, z, 0 if std == "population" else 1)
+    want = expected(W[rows], w_re, z, 0 if std == "population" else 1, space)
     assert X.shape == (C, D) and X.dtype == torch.float32
     assert bool((X[0] == X).all())  # every compromised worker sends the same model
     torch.testing.assert_close(X[0].double(), want, rtol=0, atol=1e-6)
@@ -75,6 +80,9 @@ def test_option_z_overrides_the_formula() -> None:
     w_re, W = synthetic(1, M, D)
     X = craft("alie", context(w_re, W, z=1.5))
     torch.testing.assert_close(X[0].double(), expected(W, w_re, 1.5, 0), rtol=0, atol=1e-6)
+    # the default (gradients) drifts the model the other way than the formula on updates
+    mu = (W.double() - w_re.double()).mean(0)
+    assert bool(((X[0].double() - w_re.double()) >= mu).all())
 
 
 def test_partial_output_unchanged_when_benign_rows_are_nan() -> None:

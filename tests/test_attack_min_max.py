@@ -31,7 +31,7 @@ def budget(U: torch.Tensor) -> float:
 
 def expected_p(U: torch.Tensor, kind: str) -> torch.Tensor:
     mu = U.mean(0)
-    return {"std": -U.std(0), "unit_vec": -mu / mu.norm(), "sign": -torch.sign(mu)}[kind]
+    return {"std": U.std(0), "unit_vec": -mu / mu.norm(), "sign": -torch.sign(mu)}[kind]
 
 
 @pytest.mark.parametrize("perturbation", ["std", "unit_vec", "sign"])
@@ -66,6 +66,22 @@ def test_matches_a_brute_force_grid_on_small_cases(seed: int) -> None:
     best = float(grid[ok].max())
     gamma = float((X[0].double() - w_re.double() - mu) @ p / (p @ p))
     assert abs(gamma - best) <= 1e-4 + 1e-5
+
+
+def test_std_perturbation_is_the_gradients_inverse_std() -> None:
+    """The paper's −σ of the gradients is +σ of the updates (Δ = −lr·g); ``space: update``
+    takes −σ of the updates; the odd perturbations are the same in both spaces."""
+    w_re, W = synthetic(11, M, D)
+    U = W[C:].double() - w_re.double()
+    ctx = context(w_re, W)
+    torch.testing.assert_close(min_max.reference(ctx, "std").p, U.std(0))
+    torch.testing.assert_close(min_max.reference(ctx, "std", "update").p, -U.std(0))
+    for kind in ("unit_vec", "sign"):
+        assert torch.equal(min_max.reference(ctx, kind).p,
+                           min_max.reference(ctx, kind, "update").p)
+    a = craft("min-max", context(w_re, W))
+    b = craft("min-max", context(w_re, W, space="update"))
+    assert not torch.equal(a, b)
 
 
 def test_search_stays_within_two_gamma_init() -> None:

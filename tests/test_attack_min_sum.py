@@ -41,7 +41,7 @@ def test_gamma_satisfies_the_constraint_and_is_maximal(perturbation: str, knowle
     rows = W[C:] if knowledge == "full" else W[:C]
     U = rows.double() - w_re.double()
     mu = U.mean(0)
-    p = {"std": -U.std(0), "unit_vec": -mu / mu.norm(), "sign": -torch.sign(mu)}[perturbation]
+    p = {"std": U.std(0), "unit_vec": -mu / mu.norm(), "sign": -torch.sign(mu)}[perturbation]
     delta = X[0].double() - w_re.double()
     gamma = float((delta - mu) @ p / (p @ p))
     torch.testing.assert_close(delta, mu + gamma * p, rtol=0, atol=1e-5)
@@ -65,7 +65,7 @@ def test_matches_a_brute_force_grid_on_small_cases(seed: int) -> None:
     w_re, W = synthetic(200 + seed, m, d)
     X = craft("min-sum", context(w_re, W, c=c, gamma_init=2.0, threshold=1e-7))
     U = W[c:].double() - w_re.double()
-    mu, p = U.mean(0), -U.std(0)
+    mu, p = U.mean(0), U.std(0)
     grid = torch.arange(0, 4.0, 1e-4, dtype=torch.float64)
     cand = mu + grid[:, None] * p
     ok = ((cand[:, None, :] - U[None]) ** 2).sum((1, 2)) <= limit(U, "max")

@@ -47,6 +47,7 @@ from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import check_context
 from fedpoison.attacks.min_max import (
     PERTURBATION_OPTION,
+    SPACE_OPTION,
     THRESHOLD_OPTION,
     Reference,
     crafted,
@@ -194,7 +195,8 @@ def oracle(ctx: AttackContext, ref: Reference) -> Callable[[float], bool]:
 
 
 def agr_tailored_attack(ctx: AttackContext, *, perturbation: str = "std",
-                        gamma_init: float | None = None, threshold: float = 1e-5) -> Tensor:
+                        space: str = "gradient", gamma_init: float | None = None,
+                        threshold: float = 1e-5) -> Tensor:
     """``craft(ctx)``: ``c`` copies of ``w_Re + μ + γp`` (float32 ``[c, d]``)."""
     check_context(ctx, "agr-tailored")
     if ctx.knowledge != "full":
@@ -203,7 +205,7 @@ def agr_tailored_attack(ctx: AttackContext, *, perturbation: str = "std",
     if name not in TARGETS:
         raise ValueError(f"agr-tailored: target_rule must be one of {', '.join(TARGETS)}, "
                          f"got {name!r}")
-    ref = reference(ctx, perturbation)
+    ref = reference(ctx, perturbation, space)
     start = TARGETS[name] if gamma_init is None else float(gamma_init)
     with np.errstate(invalid="ignore", over="ignore"):
         gamma, _ = halving_search(oracle(ctx, ref), start, threshold)
@@ -231,6 +233,7 @@ register_attack(
             "the target rule (Krum/Bulyan select them; trimmed mean/median deviate most)",
     options=[
         PERTURBATION_OPTION,
+        SPACE_OPTION,
         Option("gamma_init", None, "γ the search starts at (it explores [0, 2γ_init])",
                type=float, low=0.0, low_open=True,
                default_text="3 for krum and bulyan, 10 for trimmed-mean and median"),

@@ -8,6 +8,12 @@ benign values that a majority-based rule still takes it: with ``n`` workers
 needs ``s = ⌊n/2 + 1⌋ − c`` "supporters" among the benign workers, and
 ``z = max{z : Φ(z) < (n − s)/n} = Φ⁻¹((n − s)/n)``. The option ``z`` overrides it.
 
+Gradients or updates (option ``space``; docs/choices.md, "Standard attacks"): the paper and
+its code apply ``μ − zσ`` to gradients ``g``, and a worker's update after local SGD is
+``Δ = −lr·g`` (a negative multiple), so ``gradient`` (default) sends ``Δ′ = μ + zσ`` of the
+updates, the same crafted step; ``update`` applies ``μ − zσ`` to the updates literally (the
+opposite drift). ``μ`` and ``σ`` below are those of the updates.
+
 Which updates the statistics come from (option ``estimate``; docs/choices.md, "Standard
 attacks"): ``all`` (default) — every update the attacker sees: all workers' under full
 knowledge, the compromised workers' own under partial knowledge (exactly the paper's
@@ -32,9 +38,13 @@ from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import check_context
 from fedpoison.registry import KNOWLEDGE, Diagnostic, Option, register_attack
 
-__all__ = ["alie_attack", "alie_z", "estimation_rows"]
+__all__ = ["SPACES", "alie_attack", "alie_z", "estimation_rows"]
 
 ESTIMATES = ("all", "benign", "own")
+#: Where a formula written for gradients is applied (updates are ``Δ = −lr·g``).
+SPACES = ("gradient", "update")
+SPACE_HELP = ("the paper's formula on gradients (g ∝ −Δ, the updates negated; the papers' "
+              "definition) or on the updates Δ literally")
 
 
 def alie_z(n: int, c: int) -> float:
@@ -75,8 +85,9 @@ def mean_and_std(U: Tensor, ddof: int) -> tuple[Tensor, Tensor]:
 
 
 def alie_attack(ctx: AttackContext, *, z: float | None = None, estimate: str = "all",
-                std: str = "population") -> Tensor:
-    """``craft(ctx)``: ``c`` copies of ``w_Re + μ − z·σ`` (float32 ``[c, d]``)."""
+                std: str = "population", space: str = "gradient") -> Tensor:
+    """``craft(ctx)``: ``c`` copies of ``w_Re + μ + z·σ`` (``space="gradient"``: ``μ − z·σ``
+    of the negated updates) or ``w_Re + μ − z·σ`` (``"update"``), float32 ``[c, d]``."""
     check_context(ctx, "alie")
     if estimate not in ESTIMATES:
         raise ValueError(f"alie: estimate must be one of {', '.join(ESTIMATES)}, got "
@@ -85,7 +96,10 @@ def alie_attack(ctx: AttackContext, *, z: float | None = None, estimate: str = "
     mu, sigma = mean_and_std(ctx.updates(estimation_rows(ctx, estimate)),
                              1 if std == "sample" else 0)
     ctx.note("alie_z", zz)
-    delta = (mu - zz * sigma).float().to(ctx.w_re.device)
+    if space not in SPACES:
+        raise ValueError(f"alie: space must be one of {', '.join(SPACES)}, got {space!r}")
+    sign = 1.0 if space == "gradient" else -1.0
+    delta = (mu + sign * zz * sigma).float().to(ctx.w_re.device)
     return ctx.models_from(delta).expand(ctx.c, -1).clone()
 
 
@@ -100,7 +114,7 @@ register_attack(
     "alie", alie_attack,
     reference="Baruch, Baruch, Goldberg, 'A Little Is Enough: Circumventing Defenses For "
               "Distributed Learning', NeurIPS 2019: the attack, Algorithm 1",
-    summary="every compromised worker sends μ − z·σ per coordinate of the updates it sees, "
+    summary="every compromised worker sends μ − z·σ per coordinate of the gradients it sees, "
             "z = Φ⁻¹((n − s)/n) with s = ⌊n/2 + 1⌋ − c supporters",
     options=[
         Option("z", None, "how many standard deviations below the mean", type=float,
@@ -109,6 +123,7 @@ register_attack(
                "workers' (its own under partial knowledge) or its own", choices=ESTIMATES),
         Option("std", "population", "standard deviation with n (population) or n − 1 "
                "(sample) in the denominator", choices=("population", "sample")),
+        Option("space", "gradient", SPACE_HELP, choices=SPACES),
     ],
     knowledge=KNOWLEDGE, goals=(), check=check_alie,
     diagnostics=[Diagnostic("alie_z", "z of μ − z·σ")],

@@ -6,7 +6,10 @@ benign-like ones under partial knowledge, the paper's "unknown benign gradients"
 ``p`` a perturbation (option ``perturbation``):
 
 * ``std`` (default; every experiment of the authors' code): inverse standard deviation,
-  ``p = −σ`` with ``σ`` the per-coordinate sample standard deviation of the references;
+  ``−σ`` of the gradients, ``σ`` the per-coordinate sample standard deviation; the updates
+  are negated gradients (``Δ = −lr·g``), so on updates ``p = +σ`` (option ``space``:
+  ``gradient``, the default; ``update`` takes ``p = −σ`` of the updates literally). The two
+  other perturbations are odd in the updates and the same in both spaces;
 * ``unit_vec``: inverse unit vector, ``p = −μ/‖μ‖``;
 * ``sign``: inverse sign, ``p = −sign(μ)``.
 
@@ -38,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fedpoison.attacks.alie import SPACE_HELP, SPACES
 from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import check_context
 from fedpoison.attacks.trimmed_mean_attack import mean_std
@@ -59,14 +63,19 @@ class Reference:
     p: Tensor
 
 
-def perturbation(U: Tensor, mu: Tensor, kind: str) -> Tensor:
-    """``p`` (float64 [d]): ``−σ`` (``std``), ``−μ/‖μ‖`` (``unit_vec``) or ``−sign(μ)``.
+def perturbation(U: Tensor, mu: Tensor, kind: str, space: str = "gradient") -> Tensor:
+    """``p`` (float64 [d]) on updates: ``±σ`` (``std``: ``+σ`` for ``space="gradient"``,
+    the gradients' ``−σ``; ``−σ`` for ``"update"``), ``−μ/‖μ‖`` (``unit_vec``) or
+    ``−sign(μ)`` (``sign``).
 
     A zero ``μ`` gives ``p = 0`` for ``unit_vec``; one reference row gives ``σ = 0``.
     """
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
     if kind == "std":
         with np.errstate(invalid="ignore", over="ignore"):  # hostile rows: NaN, no warning
-            return -mean_std(U)[1].to(mu.device)
+            sd = mean_std(U)[1].to(mu.device)
+        return sd if space == "gradient" else -sd
     if kind == "unit_vec":
         norm = torch.linalg.vector_norm(mu)
         return -mu / norm if bool(norm > 0) else torch.zeros_like(mu)
@@ -75,13 +84,13 @@ def perturbation(U: Tensor, mu: Tensor, kind: str) -> Tensor:
     raise ValueError(f"perturbation must be one of {', '.join(PERTURBATIONS)}, got {kind!r}")
 
 
-def reference(ctx: AttackContext, kind: str) -> Reference:
+def reference(ctx: AttackContext, kind: str, space: str = "gradient") -> Reference:
     """The benign updates (full knowledge) or the compromised ones (partial), with ``p``."""
     rows = ctx.compromised if ctx.knowledge == "partial" else ctx.benign
     assert rows is not None
     U = ctx.updates(rows).to(torch.float64)
     mu = U.mean(dim=0)
-    return Reference(U, mu, perturbation(U, mu, kind))
+    return Reference(U, mu, perturbation(U, mu, kind, space))
 
 
 def halving_search(ok: Callable[[float], bool], gamma_init: float, threshold: float
@@ -151,11 +160,11 @@ def min_max_gamma(ref: Reference, gamma_init: float = 10.0, threshold: float = 1
         return halving_search(ok, gamma_init, threshold)
 
 
-def min_max_attack(ctx: AttackContext, *, perturbation: str = "std", gamma_init: float = 10.0,
-                   threshold: float = 1e-5) -> Tensor:
+def min_max_attack(ctx: AttackContext, *, perturbation: str = "std", space: str = "gradient",
+                   gamma_init: float = 10.0, threshold: float = 1e-5) -> Tensor:
     """``craft(ctx)``: ``c`` copies of ``w_Re + μ + γp`` (float32 ``[c, d]``)."""
     check_context(ctx, "min-max")
-    ref = reference(ctx, perturbation)
+    ref = reference(ctx, perturbation, space)
     gamma, _ = min_max_gamma(ref, gamma_init, threshold)
     ctx.note("min_max_gamma", gamma)
     return crafted(ctx, ref, gamma)
@@ -165,6 +174,7 @@ def min_max_attack(ctx: AttackContext, *, perturbation: str = "std", gamma_init:
 PERTURBATION_OPTION = Option(
     "perturbation", "std", "p of μ + γp: inverse standard deviation (std), inverse unit "
     "vector (unit_vec) or inverse sign (sign)", choices=PERTURBATIONS)
+SPACE_OPTION = Option("space", "gradient", "std perturbation: " + SPACE_HELP, choices=SPACES)
 THRESHOLD_OPTION = Option("threshold", 1e-5, "the search stops when its step is at most τ",
                           low=0.0, low_open=True)
 
@@ -187,6 +197,7 @@ register_attack(
             "to a benign update stays within the benign updates' largest pairwise distance",
     options=[
         PERTURBATION_OPTION,
+        SPACE_OPTION,
         Option("gamma_init", 10.0, "γ the search starts at (it explores [0, 2γ_init])",
                low=0.0, low_open=True),
         THRESHOLD_OPTION,

@@ -24,6 +24,7 @@ from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import check_context
 from fedpoison.attacks.min_max import (
     PERTURBATION_OPTION,
+    SPACE_OPTION,
     THRESHOLD_OPTION,
     Reference,
     check_search,
@@ -57,11 +58,12 @@ def min_sum_gamma(ref: Reference, gamma_init: float = 10.0, threshold: float = 1
     return halving_search(ok, gamma_init, threshold)
 
 
-def min_sum_attack(ctx: AttackContext, *, perturbation: str = "std", bound: str = "max",
-                   gamma_init: float = 10.0, threshold: float = 1e-5) -> Tensor:
+def min_sum_attack(ctx: AttackContext, *, perturbation: str = "std", space: str = "gradient",
+                   bound: str = "max", gamma_init: float = 10.0, threshold: float = 1e-5
+                   ) -> Tensor:
     """``craft(ctx)``: ``c`` copies of ``w_Re + μ + γp`` (float32 ``[c, d]``)."""
     check_context(ctx, "min-sum")
-    ref = reference(ctx, perturbation)
+    ref = reference(ctx, perturbation, space)
     gamma, _ = min_sum_gamma(ref, gamma_init, threshold, bound)
     ctx.note("min_sum_gamma", gamma)
     return crafted(ctx, ref, gamma)
@@ -76,6 +78,7 @@ register_attack(
             "distances to the benign updates stays within a benign update's own",
     options=[
         PERTURBATION_OPTION,
+        SPACE_OPTION,
         Option("bound", "max", "a benign update's sum of squared distances it must not "
                "exceed: the largest (the paper) or the smallest (the authors' code)",
                choices=BOUNDS),
