@@ -128,3 +128,9 @@ def test_config_errors() -> None:
         RunConfig(**base, attack_options={"gamma_init": 0}).resolve()
     with pytest.raises(ConfigError, match="c >= 2"):
         RunConfig(**{**base, "compromised": 1}, knowledge="partial").resolve()
+
+
+def test_no_benign_update_is_a_clear_error() -> None:
+    w_re, W = synthetic(12, M, D)
+    with pytest.raises(ValueError, match="at least one benign"):
+        craft("min-max", context(w_re, W[:C], benign=W[:0]))

@@ -47,13 +47,17 @@ SPACE_HELP = ("the paper's formula on gradients (g ∝ −Δ, the updates negate
               "definition) or on the updates Δ literally")
 
 
-def alie_z(n: int, c: int) -> float:
-    """``Φ⁻¹((n − s)/n)`` with ``s = ⌊n/2 + 1⌋ − c`` supporters; ``ValueError`` when the
-    attackers need no supporters (``s ≤ 0``: the quantile is 1 and ``z`` infinite)."""
+def alie_z(n: int, c: int, strict: bool = True) -> float:
+    """``Φ⁻¹((n − s)/n)`` with ``s = ⌊n/2 + 1⌋ − c`` supporters. When the attackers need no
+    supporters (``s ≤ 0``: the quantile is 1 and ``z`` infinite) ``ValueError``, or with
+    ``strict=False`` (an iteration whose sample of workers holds that many compromised
+    ones) ``s = 1``."""
     s = math.floor(n / 2 + 1) - c
     if s <= 0:
-        raise ValueError(f"alie: with c={c} of n={n} workers the attackers are a majority "
-                         f"(s = ⌊n/2 + 1⌋ − c = {s} ≤ 0) and z is infinite; set option z")
+        if strict:
+            raise ValueError(f"alie: with c={c} of n={n} workers the attackers are a majority "
+                             f"(s = ⌊n/2 + 1⌋ − c = {s} ≤ 0) and z is infinite; set option z")
+        s = 1
     return NormalDist().inv_cdf((n - s) / n)
 
 
@@ -64,6 +68,8 @@ def estimation_rows(ctx: AttackContext, estimate: str) -> Tensor:
         return ctx.compromised
     assert ctx.benign is not None
     if estimate == "benign":
+        if ctx.benign.shape[0] < 1:
+            raise ValueError("estimate 'benign' needs at least one benign model")
         return ctx.benign
     return torch.cat([ctx.compromised, ctx.benign.to(ctx.compromised.device)])
 
@@ -92,7 +98,7 @@ def alie_attack(ctx: AttackContext, *, z: float | None = None, estimate: str = "
     if estimate not in ESTIMATES:
         raise ValueError(f"alie: estimate must be one of {', '.join(ESTIMATES)}, got "
                          f"{estimate!r}")
-    zz = alie_z(ctx.m, ctx.c) if z is None else float(z)
+    zz = alie_z(ctx.m, ctx.c, strict=False) if z is None else float(z)
     mu, sigma = mean_and_std(ctx.updates(estimation_rows(ctx, estimate)),
                              1 if std == "sample" else 0)
     ctx.note("alie_z", zz)

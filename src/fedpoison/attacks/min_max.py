@@ -88,6 +88,8 @@ def reference(ctx: AttackContext, kind: str, space: str = "gradient") -> Referen
     """The benign updates (full knowledge) or the compromised ones (partial), with ``p``."""
     rows = ctx.compromised if ctx.knowledge == "partial" else ctx.benign
     assert rows is not None
+    if rows.shape[0] < 1:
+        raise ValueError("full knowledge needs at least one benign model")
     U = ctx.updates(rows).to(torch.float64)
     mu = U.mean(dim=0)
     return Reference(U, mu, perturbation(U, mu, kind, space))
