@@ -54,10 +54,9 @@ def test_z_is_the_papers_formula(n: int, c: int) -> None:
 
 def test_z_needs_supporters() -> None:
     assert alie.alie_z(100, 20) == pytest.approx(0.4958503473474533, abs=1e-12)  # Φ⁻¹(0.69)
-    with pytest.raises(ValueError, match="majority"):
-        alie.alie_z(10, 6)
-    # an iteration whose sampled workers are mostly compromised: one supporter, no crash
-    assert alie.alie_z(10, 6, strict=False) == pytest.approx(largest_z_below(9 / 10))
+    # attackers that need no supporters (a majority; or a sample holding many of them):
+    # one supporter, the largest finite z, no failure
+    assert alie.alie_z(10, 6) == pytest.approx(largest_z_below(9 / 10))
     w_re, W = synthetic(5, 10, D)
     X = craft("alie", make_context(w_re, W, rule="alie", c=6))
     assert bool(torch.isfinite(X).all())
@@ -124,8 +123,8 @@ def test_vectorized() -> None:
 def test_config_errors_are_one_line() -> None:
     base = {"dataset": "breast-cancer", "workers": 20, "compromised": 4}
     RunConfig(**base, attack="alie").resolve()
-    with pytest.raises(ConfigError, match="majority"):
-        RunConfig(**{**base, "compromised": 11}, attack="alie").resolve()
-    RunConfig(**{**base, "compromised": 11}, attack="alie", attack_options={"z": 1.0}).resolve()
+    RunConfig(**base, attack="alie", attack_options={"z": 1.0}, sample=8).resolve()
     with pytest.raises(ConfigError, match="estimate"):
         RunConfig(**base, attack="alie", attack_options={"estimate": "nope"}).resolve()
+    with pytest.raises(ConfigError, match="space"):
+        RunConfig(**base, attack="alie", attack_options={"space": "model"}).resolve()

@@ -47,17 +47,12 @@ SPACE_HELP = ("the paper's formula on gradients (g ∝ −Δ, the updates negate
               "definition) or on the updates Δ literally")
 
 
-def alie_z(n: int, c: int, strict: bool = True) -> float:
+def alie_z(n: int, c: int) -> float:
     """``Φ⁻¹((n − s)/n)`` with ``s = ⌊n/2 + 1⌋ − c`` supporters. When the attackers need no
-    supporters (``s ≤ 0``: the quantile is 1 and ``z`` infinite) ``ValueError``, or with
-    ``strict=False`` (an iteration whose sample of workers holds that many compromised
-    ones) ``s = 1``."""
-    s = math.floor(n / 2 + 1) - c
-    if s <= 0:
-        if strict:
-            raise ValueError(f"alie: with c={c} of n={n} workers the attackers are a majority "
-                             f"(s = ⌊n/2 + 1⌋ − c = {s} ≤ 0) and z is infinite; set option z")
-        s = 1
+    supporters (``s ≤ 0``: a majority, the quantile 1 and ``z`` infinite; with worker
+    sampling, an iteration whose sample holds that many compromised workers) ``s = 1``,
+    the largest finite ``z``."""
+    s = max(math.floor(n / 2 + 1) - c, 1)
     return NormalDist().inv_cdf((n - s) / n)
 
 
@@ -98,7 +93,7 @@ def alie_attack(ctx: AttackContext, *, z: float | None = None, estimate: str = "
     if estimate not in ESTIMATES:
         raise ValueError(f"alie: estimate must be one of {', '.join(ESTIMATES)}, got "
                          f"{estimate!r}")
-    zz = alie_z(ctx.m, ctx.c, strict=False) if z is None else float(z)
+    zz = alie_z(ctx.m, ctx.c) if z is None else float(z)
     mu, sigma = mean_and_std(ctx.updates(estimation_rows(ctx, estimate)),
                              1 if std == "sample" else 0)
     ctx.note("alie_z", zz)
@@ -107,13 +102,6 @@ def alie_attack(ctx: AttackContext, *, z: float | None = None, estimate: str = "
     sign = 1.0 if space == "gradient" else -1.0
     delta = (mu + sign * zz * sigma).float().to(ctx.w_re.device)
     return ctx.models_from(delta).expand(ctx.c, -1).clone()
-
-
-def check_alie(m: int, c: int, f: int, knowledge: str | None, goal: str | None,
-               z: float | None = None, **options: object) -> None:
-    """z must be finite: s = ⌊m/2 + 1⌋ − c ≥ 1 unless the option z is given."""
-    if z is None:
-        alie_z(m, c)
 
 
 register_attack(
@@ -131,6 +119,6 @@ register_attack(
                "(sample) in the denominator", choices=("population", "sample")),
         Option("space", "gradient", SPACE_HELP, choices=SPACES),
     ],
-    knowledge=KNOWLEDGE, goals=(), check=check_alie,
+    knowledge=KNOWLEDGE, goals=(),
     diagnostics=[Diagnostic("alie_z", "z of μ − z·σ")],
 )
