@@ -1,15 +1,20 @@
-"""Time the craft step of every model attack at the paper's scale (m = 100, c = 20).
+"""Time the craft step of every registered model attack at the paper's scale (m = 100, c = 20).
 
     PYTHONPATH=src python benchmarks/bench_attacks.py [--repeats N] [--cnn] [--threads N]
+                                                      [--only NAME ...]
 
-One craft step is one registered model attack's ``craft(ctx)`` for one iteration: for the
-Krum attack that includes the before-attack Krum (one float64 Gram matrix of all m models),
-Theorem 1's bound and the whole halving search; for trimmed mean / median the before-attack
-aggregate (one sort) and the draws. Shapes: LR on MNIST (d = 7850) and, with ``--cnn``,
-about the paper's CNN (d = 270k). The local models are SGD-like updates of a common w_Re (a
-small shared step plus per-worker noise), the regime in which the Krum attack finds a λ.
-Cases are timed interleaved (one of each per repeat) so that machine load hits all alike;
-prints the median and inter-quartile range in milliseconds, and the λ search's outcome.
+One craft step is the attack's ``craft(ctx, **defaults)`` for one iteration, with the
+context the simulation builds: the compromised and (full knowledge) benign before-attack
+models, ``w_Re`` and the target rule bound with the server's ``f``. Attacks crafted against
+a rule (``target``) are timed against each rule they support among krum, bulyan,
+trimmed-mean and median (Fang's Krum attack: Krum only). Mimic keeps state across a run's
+iterations: it is timed in its warm-up iteration (the direction estimate; a fresh run each
+call) and after it (copying the chosen worker). Shapes: LR on MNIST (d = 7,850) and, with
+``--cnn``, about the paper's CNN (d = 270k). The local models are SGD-like updates of a
+common ``w_Re`` (a small shared step plus per-worker noise). Cases are timed interleaved
+(one of each per repeat) so that machine load hits all alike; prints the median and
+inter-quartile range of the wall time and the median CPU time, in milliseconds, and the
+Krum attack's λ search outcome.
 """
 
 from __future__ import annotations
@@ -26,72 +31,84 @@ import torch
 from fedpoison import registry
 from fedpoison.attacks import AttackContext
 from fedpoison.attacks.krum_attack import krum_attack_solution
+from fedpoison.errors import ConfigError
 from fedpoison.server import bind_pipeline
 
 M, C = 100, 20
+TARGETS = ("krum", "bulyan", "trimmed-mean", "median")
 
 
-def make_context(W: torch.Tensor, w_re: torch.Tensor, target: str | None, knowledge: str,
-                 goal: str) -> AttackContext:
+def make_context(W: torch.Tensor, w_re: torch.Tensor, knowledge: str, target: str | None,
+                 generator: torch.Generator | None = None) -> AttackContext:
     return AttackContext(
-        compromised=W[:C],
-        benign=W[C:] if knowledge == "full" else None,
-        w_re=w_re,
-        m=M,
+        compromised=W[:C], benign=W[C:] if knowledge == "full" else None, w_re=w_re, m=M,
         knowledge=knowledge,  # type: ignore[arg-type]
-        goal=goal,  # type: ignore[arg-type]
-        f=C,
-        generator=torch.Generator().manual_seed(0),
+        f=C, generator=generator or torch.Generator().manual_seed(0),
         target=bind_pipeline(target, {}) if target else None,
-    )
+        init=lambda g: torch.zeros(W.shape[1]))  # LR's initializer (MPAF's base model)
 
 
-def model_attacks() -> list[tuple[str, object, str | None]]:
-    """(label, spec, target rule) of every registered model attack; an attack that targets
-    a rule of the server's choice runs against each paper rule it is usually used with."""
-    out = []
+def cases(W: torch.Tensor, w_re: torch.Tensor, only: set[str]) -> dict[str, Callable[[], object]]:
+    out: dict[str, Callable[[], object]] = {}
     for spec in registry.specs("attack"):
-        if spec.data:
+        if spec.data or (only and spec.name not in only):
             continue
+        targets: tuple[str | None, ...] = (None,)
         if spec.target == "option":
-            out += [(f"{spec.name}[{t}]", spec, t) for t in ("trimmed-mean", "median")]
-        else:
-            out.append((spec.name, spec, spec.target))
+            targets = TARGETS
+        elif spec.target is not None:
+            targets = (spec.target,)
+        for knowledge in spec.knowledge:
+            for target in targets:
+                opts = spec.resolve_options({})
+                opts.pop("target_rule", None)
+                if spec.check is not None:
+                    try:
+                        spec.check(m=M, c=C, f=C, knowledge=knowledge, goal="directed",
+                                   **({"target_rule": target} if spec.target == "option"
+                                      else {}), **opts)
+                    except (ValueError, ConfigError):
+                        continue
+                label = f"{spec.name} {knowledge}" + (f" vs {target}" if target and
+                                                       spec.target == "option" else "")
+                if spec.name == "mimic":
+                    out[label + " (warm-up)"] = (
+                        lambda spec=spec, k=knowledge, t=target, o=opts:
+                        spec.impl(make_context(W, w_re, k, t), **o))
+                    g = torch.Generator().manual_seed(0)
+                    spec.impl(make_context(W, w_re, knowledge, target, g), **opts)
+                    label += " (after)"
+                    out[label] = (lambda spec=spec, k=knowledge, t=target, o=opts, g=g:
+                                  spec.impl(make_context(W, w_re, k, t, g), **o))
+                    continue
+                out[label] = (lambda spec=spec, k=knowledge, t=target, o=opts:
+                              spec.impl(make_context(W, w_re, k, t), **o))
     return out
 
 
-def bench_shape(label: str, d: int, repeats: int) -> None:
+def bench_shape(label: str, d: int, repeats: int, only: set[str]) -> None:
     g = torch.Generator().manual_seed(0)
     w_re = 0.1 * torch.randn(d, generator=g)
     W = w_re - 0.002 * torch.randn(d, generator=g) + 0.01 * torch.randn(M, d, generator=g)
-    cases: dict[str, Callable[[], object]] = {}
-    for attack, spec, target in model_attacks():
-        for knowledge in spec.knowledge:
-            for goal in spec.goals or ("directed",):
-                try:
-                    if spec.check is not None:
-                        spec.check(m=M, c=C, f=C, knowledge=knowledge, goal=goal)
-                except ValueError:
-                    continue
-                ctx = make_context(W, w_re, target, knowledge, goal)
-                name = f"{attack} {knowledge}" + (f" {goal}" if spec.goals else "")
-                options = spec.resolve_options({})  # the attack's defaults
-                cases[name] = lambda ctx=ctx, spec=spec, o=options: spec.impl(ctx, **o)
-    for fn in cases.values():  # warm-up
+    todo = cases(W, w_re, only)
+    for fn in todo.values():  # warm-up
         fn()
-    times = {k: np.empty(repeats) for k in cases}
+    wall = {k: np.empty(repeats) for k in todo}
+    cpu = {k: np.empty(repeats) for k in todo}
     for r in range(repeats):
-        for k, fn in cases.items():
-            t0 = time.perf_counter()
+        for k, fn in todo.items():
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times[k][r] = (time.perf_counter() - t0) * 1e3
-    print(f"\n{label}: m={M}, c={C}, d={d}, {repeats} repeats (ms per craft step)")
-    print(f"  {'attack':44s} {'median':>9s} {'IQR':>8s}")
-    for k, ts in times.items():
+            wall[k][r] = (time.perf_counter() - t0) * 1e3
+            cpu[k][r] = (time.process_time() - c0) * 1e3
+    print(f"\n{label}: m={M}, c={C}, d={d}, {repeats} repeats (ms per craft step; CPU = "
+          "this process's CPU time, less sensitive to other jobs than wall time)")
+    print(f"  {'attack':44s} {'wall median':>12s} {'IQR':>8s} {'CPU median':>11s}")
+    for k, ts in wall.items():
         q1, med, q3 = np.percentile(ts, [25, 50, 75])
-        print(f"  {k:44s} {med:9.2f} {q3 - q1:8.2f}")
+        print(f"  {k:44s} {med:12.2f} {q3 - q1:8.2f} {np.median(cpu[k]):11.2f}")
     for knowledge in ("full", "partial"):
-        sol = krum_attack_solution(make_context(W, w_re, "krum", knowledge, "directed")).solution
+        sol = krum_attack_solution(make_context(W, w_re, knowledge, "krum")).solution
         print(f"  krum {knowledge}: found={sol.found} λ={sol.lam:.3g} bound={sol.bound:.3g} "
               f"tried={sol.tried} copies={sol.copies} f={sol.f}")
 
@@ -101,15 +118,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--cnn", action="store_true", help="also d = 270k (about the CNN)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", nargs="*", default=[], help="attack names to time")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"threads {torch.get_num_threads()}, load {load:.2f}")
-    bench_shape("LR-MNIST", 7850, args.repeats)
+    bench_shape("LR-MNIST", 7850, args.repeats, set(args.only))
     if args.cnn:
-        bench_shape("CNN (~270k)", 270_000, max(3, args.repeats // 5))
+        bench_shape("CNN (~270k)", 270_000, max(3, args.repeats // 5), set(args.only))
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def test_shipped_presets_parse_and_validate() -> None:
     assert {"table2a", "figure2", "figure3", "figure4", "figure5"} <= set(names)
     for name in names:  # every shipped spec parses (tables may need models still to come)
         assert load_spec(name).points()
-    for name in ("table2a", "figure2", "figure3", "figure4", "figure5"):  # LR: all valid
+    for name in ("table2a", "figure2", "figure3", "figure4", "figure5", "attack-matrix"):
         assert load_spec(name).effective(quick=True).plan()
     t = load_spec("table2a").effective()
     assert t.kind == "table" and len(t.points()) == 15
@@ -155,6 +155,28 @@ def test_shipped_presets_parse_and_validate() -> None:
     assert all(p.config["model"] == "cnn" for p in dnn.points())
     with pytest.raises(ConfigError, match="allowed: lr, dnn"):
         f2.effective(variant="vgg")
+
+
+def test_attack_matrix_preset() -> None:
+    """Rules x (none, Fang's attacks, every standard attack), full knowledge, Table 1."""
+    spec = load_spec("attack-matrix").effective()
+    points = spec.points()
+    assert len(points) == 5 * 11 and spec.trials == 3
+    cell = {(p.label("rule"), p.label("attack")): p.config for p in points}
+    assert all(c["iterations"] == 500 and c["model"] == "lr" and c["workers"] == 100
+               and c["compromised"] == 20 and c["noniid"] == 0.5 for c in cell.values())
+    assert cell[("mean", "agr-tailored")]["attack_options"] == {"target_rule": "trimmed-mean"}
+    assert "attack_options" not in cell[("krum", "agr-tailored")]
+    assert cell[("mean", "alie")]["attack_options"] == {}
+    assert cell[("median", "fang-trimmed-mean")]["attack_options"] == {
+        "target_rule": "trimmed-mean"}
+    runs = spec.plan()  # every cell resolves (the mean row's tailored attack included)
+    assert {r.config.attack for r in runs} >= {"alie", "ipm", "sign-flip", "mimic", "min-max",
+                                              "min-sum", "agr-tailored", "krum"}
+    quick = load_spec("attack-matrix").effective(quick=True)
+    assert quick.trials == 1 and quick.points()[0].config["iterations"] == 100
+    dnn = load_spec("attack-matrix").effective(variant="dnn")
+    assert all(p.config["model"] == "cnn" for p in dnn.points())
 
 
 # ------------------------------------------------------------------------ driver

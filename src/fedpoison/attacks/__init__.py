@@ -3,7 +3,8 @@
 Each attack registers itself in its own module (:func:`fedpoison.register_attack`): a model
 attack is ``craft(ctx: AttackContext, **options) -> Tensor[c, d]``, a data attack
 ``poison(ctx: DataAttackContext, **options) -> TrainingData``. Importing this package
-registers the built-in ones.
+imports every module in it, which registers the built-in attacks: a new attack is one new
+module here (and its test), named nowhere else.
 """
 
 from __future__ import annotations
