@@ -370,3 +370,20 @@ def test_cli_ablation_prints_every_value_beside_the_paper(
                  str(store_path)]) == 2
     err = capsys.readouterr().err
     assert "no fixed set of alternatives" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("rule", ["trimmed-mean", "median"])
+def test_frame_cannot_change_a_trimmed_mean_or_median_server(rule: str) -> None:
+    """Every crafted value lies beyond the benign range in both frames, so with β ≥ c the
+    trimmed mean keeps the same benign order statistics and the median the same middle
+    values (docs/choices.md, "frame"); the mean, which averages the crafted values, moves."""
+    from fedpoison.aggregators import mean, median, trimmed_mean
+
+    w_re, W = models(6)
+    agg = {"trimmed-mean": lambda X: trimmed_mean(X, C), "median": lambda X: median(X, C)}[rule]
+    out = {}
+    for frame in ("model", "update"):
+        X = craft(rule, make_context(w_re, W, rule=rule, c=C, frame=frame))
+        out[frame] = (agg(torch.cat([X, W[C:]])), mean(torch.cat([X, W[C:]]), C))
+    assert torch.equal(out["model"][0], out["update"][0])
+    assert not torch.allclose(out["model"][1], out["update"][1])
