@@ -333,7 +333,7 @@ def test_same_seed_same_models_different_seed_different(knowledge: str) -> None:
 def test_full_direction_with_zero_for_no_change(estimator: str) -> None:
     w_re, W = models(4)
     W[:, :3] = w_re[:3]  # three parameters nobody changes
-    r = solve(context(w_re, W, direction=estimator))
+    r = solve(context(w_re, W, direction=estimator, zero_sign="zero"))
     w = W.double().mean(0) if estimator == "mean" else W[krum_select(W, C)].double()
     assert torch.equal(r.direction, torch.sign(w - w_re.double()).float())
     assert bool((r.direction[:3] == 0).all()) and bool((r.direction[3:] != 0).all())

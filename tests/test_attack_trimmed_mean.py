@@ -120,19 +120,21 @@ def test_direction_estimators_mean_and_rule() -> None:
     W = col.unsqueeze(1) + 0.001 * torch.arange(10.0).unsqueeze(1)
     w_re = torch.tensor([1.0])
     for rule in ("trimmed-mean", "median"):
-        X = craft(rule, context(w_re, W, rule, 2, f=2))
-        assert bool((W[2:].min() >= X).all())  # mean rises: s = +1 -> below w_min
+        for estimator in ("mean", "authors"):  # the authors' group code: the mean
+            X = craft(rule, context(w_re, W, rule, 2, f=2, direction=estimator))
+            assert bool((W[2:].min() >= X).all())  # mean rises: s = +1 -> below w_min
     tm = craft("trimmed-mean", context(w_re, W, "trimmed-mean", 2, f=2,
                                                 direction="rule"))
     md = craft("median", context(w_re, W, "median", 2, f=2, direction="rule"))
     assert bool((W[2:].min() >= tm).all())  # trimmed mean rises: s = +1 -> below w_min
     assert bool((md >= W[2:].max()).all())  # median falls: s = −1 -> above w_max
+    assert torch.equal(md, craft("median", context(w_re, W, "median", 2, f=2)))  # default
 
 
 def test_zero_change_is_treated_as_plus_one() -> None:
     w_re, W = models(0)
     W[:, :4] = w_re[:4]  # unchanged parameters: s_j = 0 -> the w_min side
-    X = craft("trimmed-mean", context(w_re, W))
+    X = craft("trimmed-mean", context(w_re, W, zero_sign="zero"))
     assert bool((X[:, :4] <= w_re[:4]).all())
 
 

@@ -44,11 +44,14 @@ def test_table_mean_std_and_paper(tmp_path: Path) -> None:
     assert krum_full.mean == pytest.approx(0.61) and krum_full.paper == 0.80
     assert krum_full.std == pytest.approx(0.008165, abs=1e-6)
     md = format_markdown(spec, stats, "note")
-    assert "| krum | 0.110 ± 0.008 (paper 0.14) |" in md
-    assert "0.610 ± 0.008 (paper 0.80)" in md
+    # t-interval: 0.11 ± 4.303 · 0.01 / √3 = [0.085, 0.135], just below 0.14's rounding
+    assert "| krum | 0.110 ± 0.008 [0.085, 0.135] (paper 0.14 ∉) |" in md
+    assert "0.610 ± 0.008 [0.585, 0.635] (paper 0.80 ∉)" in md
     lines = format_csv(spec, stats).splitlines()
-    assert lines[0] == "rule,attack,ours_mean,ours_std,trials,paper,non_finite,other_version"
-    assert lines[5] == "krum,full,0.610000,0.008165,3,0.8,0,0"
+    assert lines[0] == ("rule,attack,ours_mean,ours_std,trials,paper,non_finite,other_version,"
+                        "ci95_low,ci95_high,paper_outside_ci")
+    assert lines[5] == "krum,full,0.610000,0.008165,3,0.8,0,0,0.585159,0.634841,true"
+    assert lines[1].endswith(",0.085159,0.134841,true")
     assert "†" not in md
 
 
@@ -67,9 +70,10 @@ def test_non_finite_runs_are_marked(tmp_path: Path) -> None:
             store.put(job.key, result)
         stats = collect(spec, store)
     md = format_markdown(spec, stats)
-    assert "| 0.600 ± 0.400 †1 (paper 0.29) |" in md
+    assert "| 0.600 ± 0.400 [-4.482, 5.682] †1 (paper 0.29) |" in md
     assert md.count("†1") == 1 and "test cross-entropy was not finite" in md
-    assert format_csv(spec, stats).splitlines()[-1] == "median,full,0.600000,0.400000,2,0.29,1,0"
+    assert format_csv(spec, stats).splitlines()[-1] == (
+        "median,full,0.600000,0.400000,2,0.29,1,0,-4.482482,5.682482,false")
 
 
 def test_runs_of_another_source_version(tmp_path: Path,
@@ -97,8 +101,9 @@ def test_runs_of_another_source_version(tmp_path: Path,
     krum_full = next(s for s in loose if s.point.labels == (("rule", "krum"), ("attack", "full")))
     assert krum_full.values == pytest.approx([0.6, 0.61]) and krum_full.other_version == 2
     md = format_markdown(spec, loose)
-    assert "0.605 ± 0.005 ‡2 (paper 0.80)" in md and "another version of fedpoison" in md
-    assert format_csv(spec, loose).splitlines()[5].endswith(",0,2")
+    assert "0.605 ± 0.005 [0.541, 0.669] ‡2 (paper 0.80 ∉)" in md
+    assert "another version of fedpoison" in md
+    assert format_csv(spec, loose).splitlines()[5].endswith(",0,2,0.541469,0.668531,true")
 
 
 def test_missing_runs_are_marked(tmp_path: Path) -> None:
@@ -118,7 +123,7 @@ def test_long_table_for_three_axes() -> None:
     stats = [PointStats(p, [0.2, 0.3], 2, None) for p in spec.points()]
     md = format_markdown(spec, stats)
     assert "| rule | noniid | attack | final_error (mean ± std) |" in md
-    assert "| median | 0.5 | label-flip | 0.250 ± 0.050 |" in md
+    assert "| median | 0.5 | label-flip | 0.250 ± 0.050 [-0.385, 0.885] |" in md
 
 
 def test_one_trial_shows_no_spread_and_no_paper_without_paper_values() -> None:
@@ -130,13 +135,14 @@ def test_one_trial_shows_no_spread_and_no_paper_without_paper_values() -> None:
     stats = collect_synthetic(spec, {0: [0.2], 1: [0.25, 0.35], 2: [], 3: [0.4]})
     md = format_markdown(spec, stats)
     assert "| rule ↓ attack → | none | gaussian |" in md
-    assert "| mean | 0.200 | 0.300 ± 0.050 |" in md
+    assert "| mean | 0.200 | 0.300 ± 0.050 [-0.335, 0.935] |" in md
     assert "| median | – | 0.400 |" in md
-    assert "paper" not in md and "0.200 ±" not in md
+    assert "paper" not in md and "0.200 ±" not in md and "∉" not in md
     lines = format_csv(spec, stats).splitlines()
-    assert lines[0] == "rule,attack,ours_mean,ours_std,trials,non_finite,other_version"
-    assert lines[1] == "mean,none,0.200000,,1,0,0"
-    assert lines[2] == "mean,gaussian,0.300000,0.050000,2,0,0"
+    assert lines[0] == ("rule,attack,ours_mean,ours_std,trials,non_finite,other_version,"
+                        "ci95_low,ci95_high")
+    assert lines[1] == "mean,none,0.200000,,1,0,0,,"
+    assert lines[2] == "mean,gaussian,0.300000,0.050000,2,0,0,-0.335310,0.935310"
     assert stats[0].to_json()["ours_std"] is None
     assert stats[1].to_json()["ours_std"] == 0.05
 

@@ -101,7 +101,8 @@ def test_option_axes_aliases_and_strictness() -> None:
     plan = [p.config.resolve() for p in spec.plan()]
     assert [c.rule_options["beta"] for c in plan] == [2, 2, 3, 3]
     assert plan[1].attack == "trimmed-mean"
-    assert plan[1].attack_options == {"b": 3.0, "direction": "mean", "target_rule": "median"}
+    assert plan[1].attack_options == {"b": 3.0, "direction": "rule", "frame": "model",
+                                      "zero_sign": "minus-one", "target_rule": "median"}
     bad = parse_spec({"base": {**TINY, "rule": "median", "workers": 10, "compromised": 2},
                       "grid": {"attack_options.epsilon": [0.1], "attack": ["label-flip"]}})
     with pytest.raises(ConfigError, match="has no option 'epsilon'"):
@@ -306,6 +307,7 @@ def test_reproduce_reads_the_store_and_keeps_its_json_format(
         "krum", "none", 2, 0.14)
     assert first["ours_mean"] == pytest.approx(0.105)
     md = (out / "table2a-quick.md").read_text()
-    assert "REDUCED RUN (--quick: iterations=200)" in md and "(paper 0.72)" in md
+    assert "REDUCED RUN (--quick: iterations=200)" in md and "(paper 0.72" in md
     assert (out / "table2a-quick.csv").read_text().startswith(
-        "rule,attack,ours_mean,ours_std,trials,paper,non_finite,other_version")
+        "rule,attack,ours_mean,ours_std,trials,paper,non_finite,other_version,ci95_low,"
+        "ci95_high,paper_outside_ci")

@@ -30,6 +30,17 @@ from fedpoison.registry import AttackSpec, Backdoor
 from fedpoison.server import Notes, Pipeline, bind_pipeline
 
 
+def choose_compromised(workers: int, c: int, how: str | None, g: torch.Generator) -> Tensor:
+    """The ``c`` compromised worker ids, sorted: ``random`` (default, also for ``None``) a
+    seeded uniform choice from ``g``; ``first`` workers ``0..c−1`` (the paper's "without loss
+    of generality, the first c")."""
+    if how == "first":
+        return torch.arange(c)
+    if how not in (None, "random"):
+        raise ValueError(f"compromised_choice must be random or first, got {how!r}")
+    return torch.randperm(workers, generator=g)[:c].sort()[0]
+
+
 def poisoned_iterations(iterations: int, fraction: float, g: torch.Generator) -> Tensor:
     """Bool [iterations]: exactly round(fraction·T) iterations, chosen uniformly at random."""
     n = round(fraction * iterations)

@@ -45,6 +45,9 @@ class RunConfig:
     workers: int = field(default=100, metadata=_help("number of worker devices m"))
     compromised: int = field(default=20, metadata=_help(
         "number of compromised workers c (< workers)"))
+    compromised_choice: str | None = field(default="random", metadata=_help(
+        "which workers are compromised: random (a seeded uniform choice of c) or first "
+        "(workers 0..c−1, whole label groups of the non-IID split); null without attack"))
     split: str = field(default="noniid", metadata=_help(
         "how the training set is split over workers (fedpoison list splits)"))
     iterations: int | None = field(default=None, metadata=_help(

@@ -58,6 +58,11 @@ class Option:
     bound numbers (inclusive unless ``low_open``/``high_open``), ``choices`` bound strings.
     ``alias`` is a top-level config key and CLI flag that also sets it (``--beta``).
     The type is taken from ``default`` unless given (``int``, ``float``, ``str``, ``bool``).
+    ``previous``, when the default changed, is the default it replaced: the choice set
+    ``legacy`` (``--choices legacy``) restores it, so earlier results stay reproducible.
+    ``when`` limits an attack option to runs whose resolved fields take the given values
+    (``{"knowledge": ("full",)}``); elsewhere it does nothing and is left out of the
+    resolved config, so runs that cannot differ share one key.
     """
 
     name: str
@@ -71,6 +76,8 @@ class Option:
     choices: tuple[Any, ...] | None = None
     default_text: str | None = None
     alias: str | None = None
+    previous: Any = None
+    when: Any = None  # Mapping[str, tuple[Any, ...]] | None, stored as sorted pairs
 
     def __post_init__(self) -> None:
         if self.type is None:
@@ -88,6 +95,15 @@ class Option:
             except ConfigError as e:
                 raise RegistryError(f"option {self.name!r}: its default {self.default!r} is "
                                     f"not {self.allowed()}") from e
+        if self.when is not None:
+            pairs = self.when.items() if isinstance(self.when, Mapping) else self.when
+            object.__setattr__(self, "when", tuple(sorted((str(k), tuple(v)) for k, v in pairs)))
+        if self.previous is not None:
+            try:
+                self.check(self.previous, "option previous default")
+            except ConfigError as e:
+                raise RegistryError(f"option {self.name!r}: its previous default "
+                                    f"{self.previous!r} is not {self.allowed()}") from e
 
     # -------------------------------------------------------------------- describe
     def allowed(self) -> str:
@@ -116,7 +132,16 @@ class Option:
 
     def describe(self) -> str:
         """'beta (an integer ≥ 0; default f): values trimmed per side'."""
-        return f"{self.name} ({self.allowed()}; default {self.shown_default()}): {self.help}"
+        scope = ""
+        if self.when:
+            scope = "; only with " + ", ".join(f"{k} {'/'.join(map(str, v))}"
+                                               for k, v in self.when)
+        return (f"{self.name} ({self.allowed()}; default {self.shown_default()}{scope}): "
+                f"{self.help}")
+
+    def applies(self, fields: Mapping[str, Any]) -> bool:
+        """Whether the option does anything in a run with these resolved ``fields``."""
+        return all(fields.get(k) in v for k, v in (self.when or ()))
 
     # -------------------------------------------------------------------- validate
     def check(self, value: Any, owner: str) -> Any:
@@ -269,7 +294,8 @@ class Spec:
                  "allowed": o.allowed(), "help": o.help, "alias": o.alias,
                  "type": o.type.__name__ if o.type else None,
                  "choices": list(o.choices) if o.choices is not None else None,
-                 "low": o.low, "high": o.high}
+                 "low": o.low, "high": o.high, "previous": o.previous,
+                 "when": dict(o.when) if o.when else None}
                 for o in self.options
             ],
             **self.requirements(),

@@ -17,6 +17,16 @@ from fedpoison.errors import ConfigError
 from fedpoison.registry import GOALS, KNOWLEDGE
 
 DEVICES = ("auto", "cpu", "cuda")
+#: Which workers are compromised (``RunConfig.compromised_choice``; docs/choices.md).
+COMPROMISED_CHOICES = ("random", "first")
+
+#: Config fields that take one of a fixed set of values: the alternatives an ablation runs.
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "compromised_choice": COMPROMISED_CHOICES,
+    "knowledge": KNOWLEDGE,
+    "goal": GOALS,
+    "device": DEVICES,
+}
 
 #: Config fields that hold a component's options, by component kind.
 OPTION_FIELDS: dict[str, str] = {
@@ -138,12 +148,15 @@ def resolve_config(cfg: Any) -> Any:
     _check_rule(rule, rule_options, m_rule, f_rule, preaggs)
 
     attack_name, attack_options, knowledge, goal = _resolve_attack(cfg, rule.name, k, f)
+    # Which workers are compromised does not matter without an attack: recorded as null.
+    choice = None if attack_name == "none" else (cfg.compromised_choice or "random")
     defense_name, defense_options = _resolve_defense(cfg, rule.name, rule_options,
                                                      tuple(preaggs), k, f)
     return dataclasses.replace(
         cfg, dataset=ds.name, model=model.name, rule=rule.name, lr=lr, batch_size=batch,
         iterations=iterations, f=f, momentum=float(cfg.momentum),
         weight_decay=float(cfg.weight_decay), rule_options=rule_options, attack=attack_name,
+        compromised_choice=choice,
         attack_options=attack_options, knowledge=knowledge, goal=goal, defense=defense_name,
         defense_options=defense_options, preaggregators=tuple(preaggs), split=split_name,
         split_options=split_options,
@@ -171,6 +184,8 @@ def _check_scalars(cfg: Any) -> None:
         if not isinstance(value, str):
             raise ConfigError(name, f"must be a name, got {value!r}")
     check_choice("device", cfg.device, DEVICES)
+    if cfg.compromised_choice is not None:
+        check_choice("compromised_choice", cfg.compromised_choice, COMPROMISED_CHOICES)
     check_int("workers", cfg.workers, 1, MAX_WORKERS)
     check_int("compromised", cfg.compromised, 0, cfg.workers - 1, "less than workers")
     if cfg.iterations is not None:
@@ -257,6 +272,10 @@ def resolve_attack(attack: str, attack_options: Mapping[str, Any], *, server_rul
             spec.check(m=k, c=compromised, f=f, knowledge=knowledge, goal=goal, **options)
         except ValueError as e:
             raise ConfigError("attack", str(e)) from None
+    # Options that do nothing in this run (Option.when) are left out: one key per behaviour.
+    fields = {"knowledge": knowledge, "goal": goal}
+    options = {key: value for key, value in options.items()
+               if (o := spec.option(key)) is None or o.applies(fields)}
     return name, options, knowledge, goal
 
 

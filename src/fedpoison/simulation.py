@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from fedpoison import __version__, registry
-from fedpoison.adversary import Adversary, poisoned_iterations
+from fedpoison.adversary import Adversary, choose_compromised, poisoned_iterations
 from fedpoison.attacks.base import DataAttackContext, TrainingData
 from fedpoison.config import RunConfig
 from fedpoison.data import Dataset, Partition, load
@@ -302,8 +302,9 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
         tune_cpu_allocator()
     m, c = cfg.workers, cfg.compromised
     partition = _split(cfg, ds)
-    # Which workers are compromised: a seeded uniform choice (see docs/choices.md).
-    compromised = torch.randperm(m, generator=generator(cfg.seed, "compromised"))[:c].sort()[0]
+    # Which workers are compromised: a seeded uniform choice or the first c (docs/choices.md).
+    compromised = choose_compromised(m, c, cfg.compromised_choice,
+                                     generator(cfg.seed, "compromised"))
     schedule = poisoned_iterations(cfg.iterations, cfg.poison_fraction,
                                    generator(cfg.seed, "schedule"))
     adversary = Adversary.build(

@@ -3,33 +3,26 @@
 Direction (paper Section 3.1). ``s_j`` is the sign of the change the ``j``-th global
 parameter would make in this iteration without attack; ``s = sign(w − w_Re)``.
 
-* Full knowledge, two estimators of ``w`` (choice, docs/choices.md):
+* Full knowledge, three estimators of ``w`` (option ``direction``; docs/choices.md, "The
+  direction s"):
 
-  - ``"mean"`` (default): the mean of the before-attack local models of *all* workers
-    (compromised and benign), i.e. the sign of the average update (the sum of the workers'
-    gradients, for one local SGD step);
-  - ``"rule"``: the target rule applied to them with the server's ``f`` (and its options),
-    Eq. 1's before-attack global model ``w`` read literally.
-
-  The paper's text suggests ``"rule"``, but its Table 2a full-knowledge numbers are
-  reproduced only by ``"mean"``. Measured on LR/MNIST (500 iterations, paper Table 1
-  setting, seeds 0/1/2), final error with ``"mean"`` vs ``"rule"``: Krum 0.79 vs 0.96
-  (seed 0; paper 0.80), trimmed mean 0.52/0.60/0.50 vs 0.15/0.22/0.16 (paper 0.52),
-  median 0.31/0.31/0.31 vs 0.13/0.13/0.13 (paper 0.29; no attack 0.13). ``"mean"`` is also
-  what the partial-knowledge estimator estimates: ``s̃`` is the same mean, over the
-  compromised models the attacker can see. The attacks' ``direction`` option selects it
-  (``DEFAULT_DIRECTION``, "mean", unless the run config says otherwise).
+  - ``"rule"`` (default): the target rule applied to the before-attack local models with the
+    server's ``f`` (and its options): Eq. 1's before-attack global model ``w``, and for Krum
+    "the selected local model ... when there are no attacks" (Section 3.2);
+  - ``"mean"``: the mean of the before-attack local models of *all* workers, i.e. the sign of
+    the average update (the default before issue 18);
+  - ``"authors"``: what the code of the authors' group does (their later MXNet
+    ``byzantine.py``): the mean for the trimmed-mean/median attack, the rule-selected model
+    for the Krum attack. Each attack says which (``resolve_estimator``).
 * Partial knowledge: ``s̃ = sign(mean of the compromised before-attack models − w_Re)``
-  (Section 3.2, "Partial knowledge").
+  (Section 3.2, "Partial knowledge"); the option does not apply.
 
-Sign of a zero change (choice, docs/choices.md): ``s_j = 0``. A parameter that does not
-move (e.g. logistic-regression weights of border pixels that are zero in every image: their
-gradient is exactly 0) has no direction to reverse. The paper writes ``s_j ∈ {−1, 1}`` and,
-for partial knowledge, "otherwise −1"; following that literally would make the Krum attack
-spend its distance budget pushing parameters that cannot matter (``w'₁`` moves by ``λ`` in
-every such coordinate, so Krum accepts a smaller ``λ``). The Krum attack therefore uses
-``d_eff = sᵀs`` (``= d`` whenever no coordinate is zero, the paper's ``sᵀs = d``), and the
-trimmed-mean/median attacks treat ``s_j = 0`` like ``s_j = +1`` (the ``w_min`` side).
+Sign of a zero change (option ``zero_sign``): ``"minus-one"`` (default) gives ``s_j = −1``
+where the estimate does not move, as the paper writes (``s_j ∈ {1, −1}``; partial knowledge:
+"otherwise we estimate it to be −1"; Eq. 2's ``sᵀs = d``). ``"zero"`` keeps ``s_j = 0`` (the
+default before issue 18): the Krum attack then uses ``d_eff = sᵀs`` and leaves those
+parameters at ``w_Re``, the trimmed-mean/median attacks treat them like ``+1`` (the ``w_min``
+side).
 
 Random draws come from ``ctx.generator`` on its own device (a CPU generator in a run) and are
 then moved to ``w_re``'s device, so crafted models are the same on every device for one seed.
@@ -48,30 +41,64 @@ from fedpoison.registry import Option
 
 __all__ = [
     "DEFAULT_DIRECTION",
+    "DEFAULT_ZERO_SIGN",
     "DIRECTION_ESTIMATORS",
     "DIRECTION_OPTION",
+    "ZERO_SIGNS",
+    "ZERO_SIGN_OPTION",
     "all_models",
     "before_attack_aggregate",
     "check_context",
     "direction",
     "full_direction",
     "partial_direction",
+    "resolve_estimator",
     "rule_of",
     "sign_of_change",
     "uniform",
+    "with_zero_sign",
 ]
 
 #: How the full-knowledge direction estimates the before-attack global model (see above).
-DIRECTION_ESTIMATORS = ("mean", "rule")
-#: The estimator used when the options do not name one.
-DEFAULT_DIRECTION = "mean"
+DIRECTION_ESTIMATORS = ("mean", "rule", "authors")
+#: The estimator used when the options do not name one (Eq. 1, Section 3.2).
+DEFAULT_DIRECTION = "rule"
+#: What a coordinate whose estimated change is exactly zero becomes (see above).
+ZERO_SIGNS = ("zero", "minus-one")
+DEFAULT_ZERO_SIGN = "minus-one"
 
 #: The ``direction`` option of the paper's attacks (full knowledge only).
 DIRECTION_OPTION = Option(
     "direction", DEFAULT_DIRECTION,
-    "full knowledge: estimate the before-attack change from the mean of all before-attack "
-    "models (mean) or from the target rule over them (rule, Eq. 1 read literally)",
-    choices=DIRECTION_ESTIMATORS, alias="direction")
+    "full knowledge: estimate the before-attack change from the target rule over all "
+    "before-attack models (rule, Eq. 1), from their mean (mean), or as the authors' group "
+    "code does (authors: mean for trimmed mean/median, the rule for Krum)",
+    choices=DIRECTION_ESTIMATORS, alias="direction", previous="mean",
+    when={"knowledge": ("full",), "goal": ("directed",)})
+
+#: The ``zero_sign`` option of the paper's attacks.
+ZERO_SIGN_OPTION = Option(
+    "zero_sign", DEFAULT_ZERO_SIGN,
+    "a parameter whose estimated change is zero gets s_j = −1 (minus-one, the paper's "
+    "'otherwise −1') or keeps s_j = 0 (zero: no push for Krum, the w_min side for trimmed "
+    "mean)", choices=ZERO_SIGNS, previous="zero", when={"goal": ("directed",)})
+
+
+def resolve_estimator(direction: str, authors: str) -> str:
+    """``direction`` with ``"authors"`` replaced by ``authors`` (the attack's own reading)."""
+    if direction not in DIRECTION_ESTIMATORS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTION_ESTIMATORS)}, "
+                         f"got {direction!r}")
+    return authors if direction == "authors" else direction
+
+
+def with_zero_sign(s: Tensor, zero_sign: str) -> Tensor:
+    """``s`` with its zeros set to −1 (``"minus-one"``) or kept (``"zero"``)."""
+    if zero_sign not in ZERO_SIGNS:
+        raise ValueError(f"zero_sign must be one of {', '.join(ZERO_SIGNS)}, got {zero_sign!r}")
+    if zero_sign == "zero":
+        return s
+    return torch.where(s == 0, torch.full_like(s, -1.0), s)
 
 
 def check_context(ctx: AttackContext, attack: str) -> None:
@@ -146,14 +173,14 @@ def sign_of_change(new: Tensor, w_re: Tensor) -> Tensor:
 
 def full_direction(ctx: AttackContext, estimator: str = DEFAULT_DIRECTION,
                    w_before: Tensor | None = None) -> Tensor:
-    """``s = sign(w − w_Re)`` (Section 3.1), ``w`` from the ``estimator``.
+    """``s = sign(w − w_Re)`` (Section 3.1), ``w`` from the ``estimator`` (zeros kept).
 
     ``"mean"``: ``w`` = mean of all before-attack local models; ``"rule"``: ``w`` = the
-    target rule over them (``w_before`` passes it when already computed).
+    target rule over them (``w_before`` passes it when already computed). ``"authors"``
+    must be resolved by the attack first (``resolve_estimator``).
     """
-    if estimator not in DIRECTION_ESTIMATORS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTION_ESTIMATORS)}, "
-                         f"got {estimator!r}")
+    if estimator not in ("mean", "rule"):
+        raise ValueError(f"direction estimator must be mean or rule, got {estimator!r}")
     if estimator == "mean":
         w = all_models(ctx).to(torch.float64).mean(dim=0)
         return torch.sign(w - ctx.w_re.detach().to(w.device, torch.float64)).float()

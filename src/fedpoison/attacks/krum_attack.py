@@ -4,7 +4,8 @@
 ``w'₁`` among ``{n copies of w'₁} ∪ others`` (Eq. 2: ``n = c``, others = the benign models;
 Eq. 4: ``n = 1, 2, …``, others = the ``c`` compromised before-attack models), or ``λ`` drops
 below ``options.threshold`` (1e−5). The other ``c − 1`` crafted models are random vectors
-within distance ``ε`` of ``w'₁`` (uniform in the ε-ball), row 0 is ``w'₁`` itself.
+within distance ``ε`` of ``w'₁`` (option ``copies``: at radius ``U·ε`` in a random direction,
+uniform in the ε-ball, or exact copies), row 0 is ``w'₁`` itself.
 
 Closed form. Only distances to ``w'₁`` depend on ``λ``:
 ``‖w_Re − λs − w_i‖² = a_i − 2λ b_i + λ² d_eff`` with ``a_i = ‖w_Re − w_i‖²``,
@@ -24,7 +25,7 @@ Theorem 1's bound keeps the Gram estimate (it is only where the search starts).
 
 Choices (docs/choices.md): the bound with the server's ``f``, its fallback when Theorem 1
 gives none, what is sent when no ``λ`` works, the partial-knowledge sub-problem's ``f`` and
-copies limit, and the ε-ball sampling; each is described where it is implemented.
+copies limit, and the sampling of the copies; each is described where it is implemented.
 """
 
 from __future__ import annotations
@@ -46,21 +47,29 @@ from fedpoison.aggregators.krum import (
 from fedpoison.attacks.base import AttackContext
 from fedpoison.attacks.direction import (
     DEFAULT_DIRECTION,
+    DEFAULT_ZERO_SIGN,
     DIRECTION_OPTION,
+    ZERO_SIGN_OPTION,
     check_context,
     full_direction,
     partial_direction,
+    resolve_estimator,
+    with_zero_sign,
 )
 from fedpoison.registry import KNOWLEDGE, Diagnostic, Option, register_attack
 
 __all__ = [
+    "COPIES",
+    "DEFAULT_COPIES",
     "KrumAttackResult",
     "KrumLambda",
     "KrumProblem",
     "krum_attack",
     "krum_attack_solution",
     "partial_copies_range",
+    "sample_copies",
     "sample_epsilon_ball",
+    "sample_epsilon_radius",
     "solve_krum_lambda",
     "solve_partial_krum_lambda",
     "sub_problem_f",
@@ -309,29 +318,20 @@ def solve_partial_krum_lambda(compromised: Tensor, w_re: Tensor, s: Tensor,
     return result
 
 
-def sample_epsilon_ball(center: Tensor, count: int, epsilon: float,
-                        generator: torch.Generator) -> Tensor:
-    """``count`` random vectors uniform in the ball of radius ``ε`` around ``center`` [d].
+#: How the ``c − 1`` copies of ``w'₁`` are drawn (option ``copies``, docs/choices.md).
+COPIES = ("ball", "radius", "exact")
+#: The authors' group code: a random direction scaled to ``U·ε`` (the paper: "randomly
+#: sample c − 1 vectors, whose distance to w′1 is at most ε").
+DEFAULT_COPIES = "radius"
 
-    Choice: direction = a standard Gaussian vector normalized to unit length, radius
-    ``ε·U^{1/d}`` with ``U`` uniform in [0, 1) (the uniform distribution on the ball; in high
-    dimension almost every draw lies near the sphere). Directions are float32 normal draws
-    from ``generator`` (normalized in float64), the radius a float64 uniform;
-    the result is float32 on ``center``'s device. A row that float32 rounding puts farther
-    than ``ε`` from ``center`` is pulled back along its own direction (rare, a few ulps);
-    ``ε = 0`` (or an ``ε`` below float32 resolution) gives exact copies of ``center``.
+
+def _place(center: Tensor, z: Tensor, radius: Tensor, epsilon: float) -> Tensor:
+    """``center + radius_i · z_i/‖z_i‖`` in float32, no row farther than ``ε`` from ``center``.
+
+    ``z`` [count, d] float64 directions, ``radius`` [count] float64. A row that float32
+    rounding puts beyond ``ε`` is pulled back along its own direction (a few ulps).
     """
-    d = center.shape[0]
     c32 = center.detach().float()
-    if count == 0:
-        return c32.new_empty((0, d))
-    if epsilon == 0:
-        return c32.unsqueeze(0).repeat(count, 1)
-    z = torch.randn((count, d), generator=generator,
-                    device=generator.device).to(c32.device, torch.float64)
-    u = torch.rand((count,), generator=generator, dtype=torch.float64,
-                   device=generator.device).to(c32.device)
-    radius = epsilon * u.pow(1.0 / d)
     delta = z * (radius / torch.linalg.vector_norm(z, dim=1)).unsqueeze(1)
     c64 = c32.to(torch.float64)
     rows = (c64 + delta).float()
@@ -347,6 +347,67 @@ def sample_epsilon_ball(center: Tensor, count: int, epsilon: float,
     return torch.where((dist > epsilon).unsqueeze(1), c32.unsqueeze(0), rows)
 
 
+def _directions(count: int, d: int, generator: torch.Generator, device: torch.device
+                ) -> tuple[Tensor, Tensor]:
+    """``count`` standard normal vectors (float32 draws, as float64) and ``count`` uniforms."""
+    z = torch.randn((count, d), generator=generator,
+                    device=generator.device).to(device, torch.float64)
+    u = torch.rand((count,), generator=generator, dtype=torch.float64,
+                   device=generator.device).to(device)
+    return z, u
+
+
+def sample_epsilon_ball(center: Tensor, count: int, epsilon: float,
+                        generator: torch.Generator) -> Tensor:
+    """``count`` random vectors uniform in the ball of radius ``ε`` around ``center`` [d].
+
+    Direction = a standard Gaussian vector normalized to unit length, radius ``ε·U^{1/d}``
+    with ``U`` uniform in [0, 1) (the uniform distribution on the ball; in high dimension
+    almost every draw lies near the sphere). Directions are float32 normal draws from
+    ``generator`` (normalized in float64), the radius a float64 uniform; the result is
+    float32 on ``center``'s device. ``ε = 0`` (or an ``ε`` below float32 resolution) gives
+    exact copies of ``center``.
+    """
+    d = center.shape[0]
+    c32 = center.detach().float()
+    if count == 0:
+        return c32.new_empty((0, d))
+    if epsilon == 0:
+        return c32.unsqueeze(0).repeat(count, 1)
+    z, u = _directions(count, d, generator, c32.device)
+    return _place(c32, z, epsilon * u.pow(1.0 / d), epsilon)
+
+
+def sample_epsilon_radius(center: Tensor, count: int, epsilon: float,
+                          generator: torch.Generator) -> Tensor:
+    """``count`` random vectors at distance ``U·ε`` from ``center`` [d], ``U`` uniform in [0, 1).
+
+    What the authors' group code does (a random direction, its norm scaled to a uniform
+    fraction of ``ε``); the distances spread over [0, ε), mean ε/2. Same draws as
+    :func:`sample_epsilon_ball` (a normalized Gaussian direction, then one uniform per row).
+    """
+    d = center.shape[0]
+    c32 = center.detach().float()
+    if count == 0:
+        return c32.new_empty((0, d))
+    if epsilon == 0:
+        return c32.unsqueeze(0).repeat(count, 1)
+    z, u = _directions(count, d, generator, c32.device)
+    return _place(c32, z, epsilon * u, epsilon)
+
+
+def sample_copies(center: Tensor, count: int, epsilon: float, generator: torch.Generator,
+                  copies: str = DEFAULT_COPIES) -> Tensor:
+    """The ``count`` other crafted models around ``w'₁`` (``copies``: ball, radius, exact)."""
+    if copies == "ball":
+        return sample_epsilon_ball(center, count, epsilon, generator)
+    if copies == "radius":
+        return sample_epsilon_radius(center, count, epsilon, generator)
+    if copies == "exact":
+        return center.detach().float().unsqueeze(0).repeat(count, 1)
+    raise ValueError(f"krum attack: copies must be one of {', '.join(COPIES)}, got {copies!r}")
+
+
 @dataclass(frozen=True)
 class KrumAttackResult:
     """The crafted models [c, d] (row 0 is ``w'₁``), the λ search and the direction used."""
@@ -358,13 +419,14 @@ class KrumAttackResult:
 
 def krum_attack_solution(ctx: AttackContext, *, epsilon: float = 0.01,
                          threshold: float = 1e-5,
-                         direction: str = DEFAULT_DIRECTION) -> KrumAttackResult:
+                         direction: str = DEFAULT_DIRECTION,
+                         copies: str = DEFAULT_COPIES,
+                         zero_sign: str = DEFAULT_ZERO_SIGN) -> KrumAttackResult:
     """Craft the ``c`` compromised models against Krum and say how (Section 3.2, Appendix B).
 
     * Full knowledge: ``s`` from all before-attack models (``direction.full_direction``:
-      their mean by default, or Krum with the server's ``f`` for ``direction="rule"``);
-      Eq. 2 over
-      ``{c copies of w'₁} ∪ benign`` with the server's ``f``.
+      Krum with the server's ``f`` for ``direction="rule"`` or ``"authors"``, their mean
+      for ``"mean"``); Eq. 2 over ``{c copies of w'₁} ∪ benign`` with the server's ``f``.
     * Partial knowledge: ``s̃`` from the compromised models' mean; Eq. 4 over
       ``{n copies} ∪ compromised`` (``solve_partial_krum_lambda``). Benign rows are never read.
     * ``goal="deviation"`` (Appendix B): ``w'₁ = w_Re − λ·𝟙`` (``s = 𝟙``, ``d_eff = d``) with
@@ -378,6 +440,7 @@ def krum_attack_solution(ctx: AttackContext, *, epsilon: float = 0.01,
     models would let training progress.
     """
     check_context(ctx, "krum")
+    estimator = resolve_estimator(direction, authors="rule")
     w_re = ctx.w_re.detach().float()
     c, d = ctx.c, ctx.d
     deviation = ctx.goal == "deviation"
@@ -388,17 +451,17 @@ def krum_attack_solution(ctx: AttackContext, *, epsilon: float = 0.01,
         if deviation:
             s = torch.ones(d, dtype=torch.float32, device=w_re.device)
             D2_benign = norms_benign = None
-        elif direction == "rule":
+        elif estimator == "rule":
             # The target is Krum: one Gram matrix serves both Krum's before-attack choice
             # and the search.
             W = torch.cat([ctx.compromised.detach().float(), benign])
             dist = _ExactDistances(W)
             chosen = _krum_pick(dist, ctx.f)
-            s = full_direction(ctx, direction, W[chosen])
+            s = with_zero_sign(full_direction(ctx, estimator, W[chosen]), zero_sign)
             D2_benign = dist.D2[c:, c:]
             norms_benign = torch.from_numpy(dist.norms[c:])
         else:
-            s = full_direction(ctx, direction)
+            s = with_zero_sign(full_direction(ctx, estimator), zero_sign)
             D2_benign = norms_benign = None
         problem = KrumProblem(benign, w_re, s, D2_benign, D2_norms=norms_benign)
         solution = problem.solve(c, ctx.f, threshold)
@@ -406,22 +469,24 @@ def krum_attack_solution(ctx: AttackContext, *, epsilon: float = 0.01,
         if deviation:
             s = torch.ones(d, dtype=torch.float32, device=w_re.device)
         else:
-            s = partial_direction(ctx).to(w_re.device)
+            s = with_zero_sign(partial_direction(ctx), zero_sign).to(w_re.device)
         solution = solve_partial_krum_lambda(ctx.compromised, w_re, s, threshold)
     ctx.note("krum_lambda", solution.lam)
     ctx.note("krum_lambda_found", solution.found)
     ctx.note("krum_copies", solution.copies)
     w1 = (w_re.to(torch.float64) - solution.lam * s.to(torch.float64)).float()
-    copies = sample_epsilon_ball(w1, c - 1, epsilon, ctx.generator)
-    models = torch.cat([w1.unsqueeze(0), copies])
+    others = sample_copies(w1, c - 1, epsilon, ctx.generator, copies)
+    models = torch.cat([w1.unsqueeze(0), others])
     return KrumAttackResult(models=models, solution=solution, direction=s)
 
 
 def krum_attack(ctx: AttackContext, *, epsilon: float = 0.01, threshold: float = 1e-5,
-                direction: str = DEFAULT_DIRECTION) -> Tensor:
+                direction: str = DEFAULT_DIRECTION, copies: str = DEFAULT_COPIES,
+                zero_sign: str = DEFAULT_ZERO_SIGN) -> Tensor:
     """``craft(ctx)`` for the Krum attack: ``[c, d]`` float32, row 0 is ``w'₁``."""
     return krum_attack_solution(ctx, epsilon=epsilon, threshold=threshold,
-                                direction=direction).models
+                                direction=direction, copies=copies,
+                                zero_sign=zero_sign).models
 
 
 def check_krum_attack(m: int, c: int, f: int, knowledge: str | None, goal: str | None,
@@ -445,6 +510,11 @@ register_attack(
         Option("threshold", 1e-5, "smallest λ tried before the search gives up", low=0.0,
                low_open=True),
         DIRECTION_OPTION,
+        Option("copies", DEFAULT_COPIES,
+               "the c − 1 other crafted models: at distance U·ε from w'₁ in a random "
+               "direction (radius, the authors' group code), uniform in the ε-ball (ball), "
+               "or exact copies of w'₁ (exact)", choices=COPIES, previous="ball"),
+        ZERO_SIGN_OPTION,
     ],
     knowledge=KNOWLEDGE, goals=("directed", "deviation"), target="krum",
     check=check_krum_attack,

@@ -69,7 +69,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from fedpoison.experiments.sweep import run_sweep
 
     spec = load_spec(args.spec).effective(trials=args.trials, quick=args.quick,
-                                          variant=args.variant)
+                                          variant=args.variant, choices=args.choices)
     points = len(spec.points())
     spec.plan()  # every run validated before the store is opened or anything runs
     if args.dry_run:
@@ -209,9 +209,10 @@ def _resolve(name: str, store: Any, args: argparse.Namespace) -> Any:
         if rec["name"] == name:
             o = rec["options"]
             return parse_spec(rec["spec"], f"recorded in {store.path}").effective(
-                trials=o.get("trials"), quick=bool(o.get("quick")), variant=o.get("variant"))
+                trials=o.get("trials"), quick=bool(o.get("quick")), variant=o.get("variant"),
+                choices=o.get("choices"))
     return load_spec(name).effective(trials=args.trials, quick=args.quick,
-                                     variant=args.variant)
+                                     variant=args.variant, choices=args.choices)
 
 
 def _option(parse: Any) -> Any:
@@ -229,6 +230,12 @@ def _parse_formats(text: str) -> tuple[str, ...]:
     from fedpoison.report.plots import parse_formats
 
     return parse_formats(text)
+
+
+def _parse_choices(text: str) -> dict[str, Any]:
+    from fedpoison.experiments.spec import parse_choices
+
+    return parse_choices(text)
 
 
 def _parse_ylim(text: str) -> tuple[float, float]:
@@ -350,6 +357,12 @@ def add_spec_options(p: argparse.ArgumentParser, what: str = "run") -> None:
                    help="reduced run with the spec's 'quick' overrides (labelled as such)")
     p.add_argument("--variant", default=None,
                    help="the spec's variant (figures: lr, the default, or dnn)")
+    p.add_argument("--choices", type=_option(_parse_choices), default=None,
+                   metavar="legacy|KEY=VALUE,...",
+                   help="readings the paper leaves open, applied to every run: legacy (every "
+                        "option's previous default) and/or KEY=VALUE for a config field or a "
+                        "component option, e.g. direction=mean,compromised_choice=first "
+                        "(docs/choices.md)")
 
 
 def executor_from_args(args: argparse.Namespace) -> Any:
@@ -373,8 +386,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from fedpoison.report.outputs import note_for, write_outputs
     from fedpoison.report.tables import collect, format_markdown
 
+    if args.ablation:
+        return _cmd_ablation(args)
     spec = load_preset(args.name).effective(trials=args.trials, quick=args.quick,
-                                            variant=args.variant)
+                                            variant=args.variant, choices=args.choices)
     spec.plan()  # validate every run before opening the store or starting an executor
     if args.dry_run:
         return _dry_run(spec, len(spec.points()), args)
@@ -399,6 +414,44 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    """``reproduce NAME --ablation OPTION``: the preset once per alternative of OPTION."""
+    from fedpoison.experiments.presets import load_preset
+    from fedpoison.experiments.spec import default_alternative
+    from fedpoison.experiments.store import ResultStore
+    from fedpoison.experiments.sweep import run_ablation
+    from fedpoison.report.outputs import note_for
+    from fedpoison.report.tables import Ablation, collect, format_ablation
+
+    with ResultStore(args.store) as store:
+        done = run_ablation(load_preset(args.name), args.ablation, store,
+                            lambda: executor_from_args(args), trials=args.trials,
+                            quick=args.quick, variant=args.variant, choices=args.choices,
+                            progress=not args.json)
+        runs = [(v, spec, collect(spec, store))
+                for v, spec in zip(done.values, done.specs, strict=True)]
+    ablation = Ablation(args.ablation, default_alternative(args.ablation), runs)
+    text = format_ablation(ablation, note_for(done.specs[0], done.seconds, done.skipped))
+    if args.json:
+        print(json.dumps(ablation.to_json()))
+    else:
+        print(text)
+    from fedpoison.experiments.spec import choices_text
+
+    first = done.specs[0]
+    name = first.name + (f"-{choices_text(args.choices)}" if args.choices else "")
+    name += ("-quick" if args.quick else "") + f"-ablation-{args.ablation}"
+    out = Path(args.out) if args.out else Path("results") / first.name
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.md"
+    path.write_text(text)
+    print(f"written: {path}; store: {args.store}", file=sys.stderr)
+    if done.failed:
+        report_failures(done.failed)
+        return 1
+    return 0
+
+
 def add_reproduce_command(sub: Any) -> None:
     """``fedpoison reproduce NAME [--trials N] [--quick] [--json] [--out DIR] ...``."""
     p = sub.add_parser("reproduce", help="run a table or figure of the paper, ours beside "
@@ -406,6 +459,10 @@ def add_reproduce_command(sub: Any) -> None:
     p.add_argument("name", help=f"preset: {', '.join(preset_names())}")
     add_spec_options(p)
     p.add_argument("--json", action="store_true", help="print the cells as a JSON list")
+    p.add_argument("--ablation", default=None, metavar="OPTION",
+                   help="run the preset once per alternative of OPTION (a component option "
+                        "with fixed choices, e.g. direction, copies, frame, zero_sign, or the "
+                        "field compromised_choice) and print the results side by side")
     p.add_argument("--out", default=None,
                    help="folder for the Markdown/CSV tables and PNGs (default results/NAME)")
     add_dry_run_options(p)

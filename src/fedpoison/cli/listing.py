@@ -36,6 +36,8 @@ def format_catalog(kinds: list[str]) -> str:
                                          subsequent_indent="      "))
             for o in spec.options:
                 alias = f" (alias --{o.alias.replace('_', '-')})" if o.alias else ""
+                if o.previous is not None:
+                    alias += f" [default was {o.previous}: --choices legacy]"
                 out.extend(textwrap.wrap(f"{o.describe()}{alias}", 96,
                                          initial_indent="      · ",
                                          subsequent_indent="        "))

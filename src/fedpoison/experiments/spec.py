@@ -20,8 +20,17 @@ One YAML format covers three kinds of spec (``kind`` is inferred when absent):
 Common keys: ``name``, ``title``, ``metric`` (``final_error``, ``best_error``,
 ``final_loss``, or ``final_asr`` / ``max_asr``: the attack success rate of a backdoor attack,
 "n/a" for runs without one), ``trials`` (trial t runs with seed t), ``quick`` (overrides for
-a reduced run, may hold ``trials``). A string value may name another field or axis in braces:
+a reduced run, may hold ``trials``), ``quick_label`` (what a reduced run's cells are,
+printed above its table). A string value may name another field or axis in braces:
 ``attack: "{rule}"`` is the attack crafted for the point's rule.
+
+Choices (``effective(choices=...)``, the CLI's ``--choices``): values applied to every point
+on top of the spec, for the readings the paper leaves open. A key is a config field
+(``compromised_choice: first``) or an option name, set on each point whose rule, attack or
+defense declares that option (``direction: mean`` reaches the Krum and trimmed-mean attacks
+and leaves ``gaussian`` alone); ``legacy: true`` gives every component option that changed
+its default (``Option.previous``) its previous default where the point does not set it.
+An ablation (``fedpoison reproduce NAME --ablation OPTION``) runs the spec once per value.
 
 Component options: ``rule_options``, ``attack_options`` and ``defense_options`` take a
 mapping (``attack_options: {epsilon: 0.1}``, which replaces the whole mapping), a dotted key
@@ -56,9 +65,11 @@ CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 #: Fields whose value is a mapping of a component's options.
 OPTION_FIELDS = tuple(OPTION_FIELD_NAMES.values())
 SPEC_KEYS = (
-    "name", "title", "kind", "description", "metric", "trials", "quick", "base", "grid",
-    "rows", "columns", "row_key", "column_key", "paper", "series", "panels", "variants",
+    "name", "title", "kind", "description", "metric", "trials", "quick", "quick_label", "base",
+    "grid", "rows", "columns", "row_key", "column_key", "paper", "series", "panels", "variants",
 )
+#: The choice that restores every option's previous default (``Option.previous``).
+LEGACY = "legacy"
 PANEL_KEYS = ("title", "set", "x", "series")
 X_KEYS = ("field", "values", "title", "scale")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_-]*)\}")
@@ -148,18 +159,28 @@ class SweepSpec:
 
     # ------------------------------------------------------------------ options
     @property
+    def choices(self) -> dict[str, Any]:
+        """The choices applied to every point (see the module docstring); empty by default."""
+        return dict(self.options.get("choices") or {})
+
+    @property
     def record_name(self) -> str:
-        """The name this spec is recorded under in a store (variant and ``-quick`` added)."""
+        """The name this spec is recorded under in a store (variant, choices and ``-quick``
+        added)."""
         name = self.name
         variant = self.options.get("variant")
         if variant and self.variants and variant != next(iter(self.variants)):
             name += f"-{variant}"
+        if self.choices:
+            name += "-" + choices_text(self.choices)
         return name + ("-quick" if self.options.get("quick") else "")
 
     def effective(
-        self, *, trials: int | None = None, quick: bool = False, variant: str | None = None
+        self, *, trials: int | None = None, quick: bool = False, variant: str | None = None,
+        choices: Mapping[str, Any] | None = None,
     ) -> SweepSpec:
-        """The spec as it will run: quick overrides and the variant merged into ``base``.
+        """The spec as it will run: quick overrides and the variant merged into ``base``,
+        ``choices`` applied to every point.
 
         Always starts from the spec as written, so it may be called on its own result.
         """
@@ -179,10 +200,15 @@ class SweepSpec:
         if trials is not None:
             n = trials
         _check_trials(n, self._where("trials"))
-        options = {"trials": n, "quick": quick, "variant": chosen}
+        picked = check_choices(choices or {}, self._where("choices"))
+        options: dict[str, Any] = {"trials": n, "quick": quick, "variant": chosen}
+        if picked:
+            options["choices"] = picked
         title = str(self.raw.get("title", self.name)) if self.raw else self.title
         if chosen is not None and chosen != next(iter(self.variants)):
             title += f" [{chosen}]"
+        if picked:
+            title += f" [choices: {choices_text(picked)}]"
         return dataclasses.replace(self, base=base, trials=n, options=options,
                                    declared_base=declared, title=title)
 
@@ -190,10 +216,18 @@ class SweepSpec:
         """'iterations=100, ...': what ``--quick`` changed, for labelling reduced runs."""
         return ", ".join(f"{k}={v}" for k, v in self.quick.items() if k != "trials")
 
+    @property
+    def quick_label(self) -> str:
+        """What the cells of a reduced run are (the spec's ``quick_label``; may be empty)."""
+        return str(self.raw.get("quick_label", "")) if self.raw else ""
+
     # ---------------------------------------------------------------- expansion
     def points(self) -> list[Point]:
-        """Every grid point of every block, in order (placeholders filled in)."""
+        """Every grid point of every block, in order (placeholders filled in, choices
+        applied)."""
         out = []
+        choices = self.choices
+        used: set[str] = set()
         for block in self.blocks:
             for combo in itertools.product(*(axis.items for axis in block.axes)):
                 labels = tuple((a.name, it.label) for a, it in zip(block.axes, combo, strict=True))
@@ -202,7 +236,14 @@ class SweepSpec:
                 for overrides in (self.base, block.overrides, *(it.overrides for it in combo)):
                     merge(cfg, overrides)
                 point = Point(block.id, labels, xs, cfg)
-                out.append(dataclasses.replace(point, config=self._fill(cfg, point)))
+                cfg = self._fill(cfg, point)
+                if choices:
+                    cfg = apply_choices(cfg, choices, used)
+                out.append(dataclasses.replace(point, config=cfg))
+        unused = [k for k in choices if k != LEGACY and k not in used]
+        if unused:
+            raise ConfigError("choices", f"{unused[0]!r} applies to no run of {self.name}: no "
+                                         "rule, attack or defense of its points declares it")
         return out
 
     def plan(self) -> list[PlannedRun]:
@@ -280,6 +321,140 @@ class SweepSpec:
     def column_axis(self) -> str | None:
         axes = self.blocks[0].axes
         return axes[1].name if len(axes) > 1 else None
+
+
+# ====================================================================== choices
+def choice_options(name: str) -> list[Any]:
+    """The registered options called ``name`` (of rules, attacks and defenses)."""
+    from fedpoison import registry
+
+    found = []
+    for kind in OPTION_FIELD_NAMES:
+        for comp in registry.names(kind):
+            found += [o for o in registry.get(kind, comp).options if o.name == name]
+    return found
+
+
+def alternatives(name: str) -> tuple[Any, ...]:
+    """Every value an ablation of ``name`` runs: a config field's fixed set of values, or
+    the choices of the component options called ``name`` (in declaration order)."""
+    from fedpoison.resolve import FIELD_CHOICES
+
+    if name in FIELD_CHOICES:
+        return FIELD_CHOICES[name]
+    values: list[Any] = []
+    for o in choice_options(name):
+        values += [c for c in (o.choices or ()) if c not in values]
+    if not values:
+        known = sorted({*FIELD_CHOICES, *ablatable_options()})
+        raise ConfigError("ablation", f"{name!r} has no fixed set of alternatives; ablate one "
+                                      f"of: {', '.join(known)}")
+    return tuple(values)
+
+
+def ablatable_options() -> list[str]:
+    """Names of component options with a fixed set of choices."""
+    from fedpoison import registry
+
+    names: list[str] = []
+    for kind in OPTION_FIELD_NAMES:
+        for comp in registry.names(kind):
+            names += [o.name for o in registry.get(kind, comp).options
+                      if o.choices and o.name not in names]
+    return names
+
+
+def default_alternative(name: str) -> Any:
+    """The value ``name`` takes when nothing sets it (None when components disagree)."""
+    if name in CONFIG_FIELDS:
+        return next(f.default for f in dataclasses.fields(RunConfig) if f.name == name)
+    defaults = {o.default for o in choice_options(name)}
+    return defaults.pop() if len(defaults) == 1 else None
+
+
+def check_choices(choices: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``choices`` validated: each key ``legacy``, a config field or a component option."""
+    if not isinstance(choices, Mapping):
+        raise ConfigError("choices", f"must be a mapping of names to values, got {choices!r}")
+    out: dict[str, Any] = {}
+    for key, value in choices.items():
+        key = str(key)
+        if key == LEGACY:
+            if value not in (True, "true", "1", 1):
+                raise ConfigError("choices", f"{where}: legacy takes no value")
+            out[key] = True
+        elif key in CONFIG_FIELDS:
+            if key in ("seed", *OPTION_FIELDS, "preaggregators"):
+                raise ConfigError("choices", f"{where}: {key!r} cannot be a choice")
+            out[key] = value
+        elif choice_options(key):
+            if isinstance(value, list | dict):
+                raise ConfigError("choices", f"{where}: {key} takes one value, got {value!r}")
+            out[key] = value
+        else:
+            raise ConfigError("choices", f"{where}: unknown choice {key!r}; give a config "
+                                         "field, a component option or legacy")
+    return out
+
+
+def parse_choices(text: str | None) -> dict[str, Any]:
+    """``"legacy,direction=mean"`` -> ``{"legacy": True, "direction": "mean"}``."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq:
+            if key != LEGACY:
+                raise ConfigError("choices", f"{part!r}: give KEY=VALUE or legacy")
+            out[LEGACY] = True
+        elif not key or not value.strip():
+            raise ConfigError("choices", f"{part!r}: give KEY=VALUE or legacy")
+        else:
+            out[key] = value.strip()
+    return out
+
+
+def choices_text(choices: Mapping[str, Any]) -> str:
+    """``legacy,direction=mean``: choices as one short name (record names, titles)."""
+    return ",".join(k if k == LEGACY else f"{k}={v}" for k, v in choices.items())
+
+
+def apply_choices(cfg: Mapping[str, Any], choices: Mapping[str, Any],
+                  used: set[str] | None = None) -> dict[str, Any]:
+    """``cfg`` (one point's fields) with ``choices`` applied; ``used`` collects the keys
+    that changed or set something. A named choice overrides what the point sets; ``legacy``
+    only fills options the point leaves at their default."""
+    from fedpoison import registry
+
+    out = dict(cfg)
+    used = set() if used is None else used
+    for key, value in choices.items():
+        if key in CONFIG_FIELDS:
+            out[key] = value
+            used.add(key)
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    for kind, head in OPTION_FIELD_NAMES.items():
+        name = out.get(kind, defaults.get(kind))
+        if not isinstance(name, str) or name == "none":
+            continue
+        try:
+            canonical, preset = registry.REGISTRY.canonical(kind, name)
+            spec = registry.get(kind, canonical)
+        except ConfigError:
+            continue  # an unknown name: plan() reports it
+        opts = dict(out.get(head) or {})
+        before = dict(opts)
+        for o in spec.options:
+            if o.name in preset:
+                continue
+            if o.name in choices:
+                opts[o.name] = choices[o.name]
+                used.add(o.name)
+            elif choices.get(LEGACY) and o.previous is not None and o.name not in before:
+                opts[o.name] = o.previous
+        if opts != before or head in out:
+            out[head] = opts
+    return out
 
 
 # ====================================================================== parsing

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedpoison.experiments.executors import Executor, Job
 from fedpoison.experiments.spec import SweepSpec
@@ -106,3 +108,48 @@ def run_sweep(
         executor.close()
         out.seconds = time.perf_counter() - t0
     return out
+
+
+@dataclass
+class AblationOutcome:
+    """What ``run_ablation`` did: per value of the option, its effective spec and outcome."""
+
+    option: str
+    values: tuple[Any, ...]
+    specs: list[SweepSpec]
+    outcomes: list[SweepOutcome]
+
+    @property
+    def seconds(self) -> float:
+        return sum(o.seconds for o in self.outcomes)
+
+    @property
+    def skipped(self) -> int:
+        return sum(o.skipped for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return [f for o in self.outcomes for f in o.failed]
+
+
+def run_ablation(spec: SweepSpec, option: str, store: ResultStore,
+                 make_executor: Callable[[], Executor], *, trials: int | None = None,
+                 quick: bool = False, variant: str | None = None,
+                 choices: Mapping[str, Any] | None = None,
+                 progress: bool = True) -> AblationOutcome:
+    """Run ``spec`` (as written) once per alternative of ``option`` (``spec.alternatives``),
+    on top of ``choices``; every run of every alternative is validated before any starts.
+    Runs an alternative shares with another (points the option does not reach) run once."""
+    from fedpoison.errors import ConfigError
+    from fedpoison.experiments.spec import alternatives
+
+    values = alternatives(option)
+    base = dict(choices or {})
+    if option in base:
+        raise ConfigError("ablation", f"{option} is both ablated and set by --choices")
+    specs = [spec.effective(trials=trials, quick=quick, variant=variant,
+                            choices={**base, option: v}) for v in values]
+    for s in specs:
+        s.plan()
+    outcomes = [run_sweep(s, store, make_executor(), progress=progress) for s in specs]
+    return AblationOutcome(option, values, specs, outcomes)

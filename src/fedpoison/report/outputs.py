@@ -18,7 +18,9 @@ def note_for(spec: SweepSpec, seconds: float | None = None, reused: int = 0) -> 
     if reused:
         note += f" {reused} run(s) reused from the store."
     if spec.options.get("quick"):
-        note = f"REDUCED RUN (--quick: {spec.quick_note()}); not the paper's scale. " + note
+        label = f" {spec.quick_label}" if spec.quick_label else ""
+        note = (f"REDUCED RUN (--quick: {spec.quick_note()}); not the paper's scale.{label} "
+                + note)
     return note
 
 

@@ -1,9 +1,10 @@
 """Tables from stored results: mean ± std over trials per grid point, beside the paper's value.
 
 A spec with one block of two axes (the paper's tables: rules × attacks) renders as a grid,
-each cell ``ours ± std (paper X)``; any other spec renders one line per point. A cell shows
-``± std`` only when it has two or more trials (one trial measures no spread), and
-``(paper X)`` only when the spec has paper values at all. Labels that hold a placeholder
+each cell ``ours ± std [95 % CI] (paper X)``; any other spec renders one line per point. A
+cell shows ``± std`` and the confidence interval only when it has two or more trials (one
+trial measures no spread), and ``(paper X)`` only when the spec has paper values at all; ``∉``
+after the paper's value flags a cell whose interval excludes it. Labels that hold a placeholder
 (``attack: "{rule}"``) are shown resolved (see :func:`item_label`).
 """
 
@@ -17,6 +18,7 @@ import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from fedpoison.experiments.spec import Point, SweepSpec
@@ -52,6 +54,23 @@ class PointStats:
         return len(self.values) > 1
 
     @property
+    def ci(self) -> tuple[float, float] | None:
+        """95 % confidence interval of the mean: a t-interval over the trials (sample std,
+        n − 1 degrees of freedom); None below two trials."""
+        return t_interval(self.values)
+
+    @property
+    def paper_outside(self) -> bool | None:
+        """Whether the 95 % interval excludes the paper's value, read as the range its two
+        printed decimals stand for (0.52 is [0.515, 0.525]); None without interval or
+        paper."""
+        interval = self.ci
+        if interval is None or self.paper is None:
+            return None
+        return (interval[1] < self.paper - PAPER_ROUNDING
+                or interval[0] > self.paper + PAPER_ROUNDING)
+
+    @property
     def missing(self) -> int:
         return self.expected - len(self.values) - self.undefined
 
@@ -59,6 +78,7 @@ class PointStats:
         out: dict[str, Any] = {"panel": self.point.block} if self.point.block else {}
         out.update({axis: resolved_label(self.point, axis) if _has_placeholder(x) else x
                     for axis, x in self.point.x})
+        ci = self.ci
         out.update({
             "ours_mean": None if not self.values else round(self.mean, 6),
             "ours_std": round(self.std, 6) if self.has_spread else None,
@@ -67,8 +87,33 @@ class PointStats:
             "values": self.values,
             "non_finite": self.non_finite,
             "other_version": self.other_version,
+            "ci95": None if ci is None else [round(ci[0], 6), round(ci[1], 6)],
+            "paper_outside_ci": self.paper_outside,
         })
         return out
+
+
+@lru_cache(maxsize=256)
+def t_quantile(df: int, level: float = 0.975) -> float:
+    """The ``level`` quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy.stats import t  # scipy comes with scikit-learn, a dependency
+
+    return float(t.ppf(level, df))
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95
+               ) -> tuple[float, float] | None:
+    """The two-sided t-interval of the mean of ``values`` (None below two values)."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = statistics.fmean(values)
+    half = t_quantile(n - 1, 0.5 + confidence / 2) * statistics.stdev(values) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+#: The paper prints error rates with two decimals: its 0.52 stands for [0.515, 0.525].
+PAPER_ROUNDING = 0.005
 
 
 def collect(spec: SweepSpec, store: ResultStore, any_version: bool = False
@@ -176,16 +221,21 @@ def has_paper(stats: Sequence[PointStats]) -> bool:
 
 
 def value_text(s: PointStats) -> str:
-    """``mean ± std`` (``± std`` only with two or more trials), or ``–`` with no trial."""
+    """``mean ± std [lo, hi]`` (``± std`` and the 95 % interval only with two or more
+    trials), or ``–`` with no trial."""
     if not s.values:
         return "–"
-    return f"{s.mean:.3f} ± {s.std:.3f}" if s.has_spread else f"{s.mean:.3f}"
+    ci = s.ci
+    if ci is None:
+        return f"{s.mean:.3f}"
+    return f"{s.mean:.3f} ± {s.std:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _cell(s: PointStats, paper: bool) -> str:
     ref = ""
     if paper:
-        ref = " (paper " + ("–" if s.paper is None else f"{s.paper:.2f}") + ")"
+        flag = " ∉" if s.paper_outside else ""
+        ref = " (paper " + ("–" if s.paper is None else f"{s.paper:.2f}") + flag + ")"
     if not s.values:
         return ("n/a" if s.undefined and not s.missing else "–") + ref
     partial = f" [{len(s.values)}/{s.expected}]" if s.missing else ""
@@ -199,6 +249,11 @@ NON_FINITE_NOTE = ("†n: in n trials the final global model's test cross-entrop
                    "logits gets every prediction wrong (error 1.0).")
 UNDEFINED_NOTE = ("n/a: the metric does not apply to these runs (an attack success rate is "
                   "measured only for an attack that plants a backdoor).")
+SPREAD_NOTE = ("± is the standard deviation over trials (population); [lo, hi] the 95 % "
+               "confidence interval of the mean (t-interval, n − 1 degrees of freedom); a cell "
+               "with one trial shows neither: no spread was measured.")
+OUTSIDE_NOTE = ("∉: the 95 % interval excludes the paper's value, read as the range its "
+                "printed digits stand for (0.52: [0.515, 0.525]).")
 OTHER_VERSION_NOTE = ("‡n: n trials were computed by another version of fedpoison's source "
                       "(same config; shown because of --any-version).")
 
@@ -236,34 +291,115 @@ def format_markdown(spec: SweepSpec, stats: list[PointStats], note: str = "") ->
         lines.append("|---" * (len(head) + 1) + "|")
         for s in stats:
             lines.append("| " + " | ".join([*_labels(spec, s), _cell(s, paper)]) + " |")
+    lines += _legend(stats)
+    return "\n".join(lines) + "\n"
+
+
+def _legend(stats: Sequence[PointStats]) -> list[str]:
+    """The notes under a table: spread and interval, flags, non-finite and other versions."""
+    lines: list[str] = []
     if any(s.has_spread for s in stats):
-        lines += ["", "± is the standard deviation over trials (population); a cell with one "
-                      "trial shows no ±: no spread was measured."]
+        lines += ["", SPREAD_NOTE]
+    if any(s.paper_outside for s in stats):
+        inside = sum(1 for s in stats if s.paper_outside is False)
+        judged = sum(1 for s in stats if s.paper_outside is not None)
+        lines += ["", f"{OUTSIDE_NOTE} The interval meets the paper's value in {inside} of "
+                      f"{judged} cells."]
     if any(s.non_finite for s in stats):
         lines += ["", NON_FINITE_NOTE]
     if any(s.other_version for s in stats):
         lines += ["", OTHER_VERSION_NOTE]
     if any(s.undefined for s in stats):
         lines += ["", UNDEFINED_NOTE]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def format_csv(spec: SweepSpec, stats: list[PointStats]) -> str:
     """One CSV line per point: its labels, ours_mean, ours_std (empty below two trials: no
     spread measured), trials, paper (only when the spec has paper values), non_finite (trials
     whose final test loss was not finite), other_version (trials computed by another version
-    of the source, with ``--any-version``)."""
+    of the source, with ``--any-version``), then the 95 % interval ci95_low, ci95_high (empty
+    below two trials) and, with paper values, paper_outside_ci (true, false or empty)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     paper = has_paper(stats)
     w.writerow([*_head(spec), "ours_mean", "ours_std", "trials", *(["paper"] if paper else []),
-                "non_finite", "other_version"])
+                "non_finite", "other_version", "ci95_low", "ci95_high",
+                *(["paper_outside_ci"] if paper else [])])
     for s in stats:
         ref = ["" if s.paper is None else s.paper] if paper else []
+        ci = s.ci
+        outside = s.paper_outside
+        flag = ["" if outside is None else str(outside).lower()] if paper else []
         w.writerow([*_labels(spec, s), "" if not s.values else f"{s.mean:.6f}",
                     f"{s.std:.6f}" if s.has_spread else "", len(s.values), *ref,
-                    s.non_finite, s.other_version])
+                    s.non_finite, s.other_version,
+                    "" if ci is None else f"{ci[0]:.6f}", "" if ci is None else f"{ci[1]:.6f}",
+                    *flag])
     return buf.getvalue()
+
+
+@dataclass
+class Ablation:
+    """One preset run once per value of ``option``: (value, effective spec, stats) each."""
+
+    option: str
+    default: Any
+    runs: list[tuple[Any, SweepSpec, list[PointStats]]]
+
+    def affected(self) -> list[bool]:
+        """Per point: whether its runs differ between the values (a point whose components
+        do not declare the option runs the same configs under every value)."""
+        keys = [[tuple(p.key for p in spec.plan() if p.point == i)
+                 for i in range(len(stats))] for _, spec, stats in self.runs]
+        return [len({k[i] for k in keys}) > 1 for i in range(len(keys[0]))]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"option": self.option, "default": self.default,
+                "affected": self.affected(),
+                "values": [{"value": v, "name": spec.record_name,
+                            "points": [s.to_json() for s in stats]}
+                           for v, spec, stats in self.runs]}
+
+
+def format_ablation(ablation: Ablation, note: str = "") -> str:
+    """The preset's cells side by side, one column per value of the option, beside the
+    paper's value; points the option does not reach are listed once below."""
+    _, first, stats0 = ablation.runs[0]
+    option = ablation.option
+    lines = [f"### {first.raw.get('title', first.name) if first.raw else first.title}: "
+             f"ablation of `{option}`", ""]
+    if note:
+        lines += [note, ""]
+    affected = ablation.affected()
+    head = _head(first)
+    values = [f"{option}={v}" + (" (default)" if v == ablation.default else "")
+              for v, _, _ in ablation.runs]
+    paper = has_paper(stats0)
+    lines.append("| " + " | ".join([*head, *values, *(["paper"] if paper else [])]) + " |")
+    lines.append("|---" * (len(head) + len(values) + (1 if paper else 0)) + "|")
+    everything: list[PointStats] = []
+    for i, s in enumerate(stats0):
+        if not affected[i]:
+            continue
+        cells = []
+        for _, _, stats in ablation.runs:
+            t = stats[i]
+            everything.append(t)
+            flag = " ∉" if t.paper_outside else ""
+            partial = f" [{len(t.values)}/{t.expected}]" if t.missing else ""
+            mark = f" †{t.non_finite}" if t.non_finite else ""
+            cells.append(f"{value_text(t)}{partial}{mark}{flag}")
+        ref = ["–" if s.paper is None else f"{s.paper:.2f}"] if paper else []
+        lines.append("| " + " | ".join([*_labels(first, s), *cells, *ref]) + " |")
+    same = [s for i, s in enumerate(stats0) if not affected[i]]
+    if same:
+        text = "; ".join(f"{'/'.join(_labels(first, s))} {_cell(s, paper)}" for s in same)
+        lines += ["", f"Not reached by `{option}` (the same runs under every value): {text}."]
+        everything += same
+    lines += [line.replace("∉: the 95 % interval", "∉ after a value: its 95 % interval")
+              for line in _legend(everything)]
+    return "\n".join(lines) + "\n"
 
 
 def _positions(spec: SweepSpec) -> list[str | None]:
