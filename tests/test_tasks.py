@@ -172,3 +172,19 @@ def test_evaluate_many_equals_a_plain_reference() -> None:
     want_loss = torch.stack([torch.nn.functional.cross_entropy(z, ds.y_train) for z in logits])
     torch.testing.assert_close(err, want_err)
     torch.testing.assert_close(loss, want_loss.double(), rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_blocks_do_not_change_local_training() -> None:
+    ds = _toy(n=900, features=20, classes=5)
+    owner = torch.randint(30, (900,), generator=torch.Generator().manual_seed(6))
+    part = Partition.from_owner(owner, 30)
+    w = torch.randn(20 * 5 + 5, generator=torch.Generator().manual_seed(7))
+    out = []
+    for block in (None, 1, 40, 100):  # one block; a worker each; 5 workers; 12, 12 and 6
+        model = LogisticRegression(20, 5)
+        model.cpu_block_examples = block
+        task = Task(ds, model, part, lr=0.5, batch_size=8)
+        out.append(task.local_train(w, torch.arange(30), ds.y_train, 2,
+                                    torch.Generator().manual_seed(8)))
+    for W in out[1:]:
+        assert torch.equal(W, out[0])

@@ -64,11 +64,14 @@ def sample_batches(
 
 
 def _blocks(k: int, batch: int, block_examples: int | None) -> list[slice]:
-    """Slices of k workers of about ``block_examples`` examples each, as equal as possible
-    (one slice when ``block_examples`` is None)."""
+    """Slices of k workers of about ``block_examples`` examples each (and at least one worker
+    per thread), as equal as possible; one slice when ``block_examples`` is None."""
     if not block_examples or k == 0:
         return [slice(0, k)]
-    per = max(1, block_examples // max(1, batch))
+    # at least one worker per thread: MKL then splits a block's batched products by worker,
+    # while a block smaller than the thread count would split single products, and the
+    # results would depend on the thread count
+    per = max(torch.get_num_threads(), block_examples // max(1, batch))
     n = -(-k // per)
     size = -(-k // n)
     return [slice(s, min(s + size, k)) for s in range(0, k, size)]
