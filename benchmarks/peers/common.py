@@ -73,6 +73,19 @@ def noniid_split(labels: np.ndarray, m: int, p: float = 0.5, classes: int = 10,
     return np.split(order, np.cumsum(np.bincount(owner, minlength=m))[:-1])
 
 
+_PROCESS_CACHE: dict[int, tuple[dict[str, torch.Tensor], list[np.ndarray]]] = {}
+
+
+def data_and_split(clients: int) -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:
+    """MNIST and its split over ``clients``, loaded once per process (a module-level cache:
+    a simulator that ships its client function to worker processes by value must still
+    find it there, so it lives here, in an importable module)."""
+    if clients not in _PROCESS_CACHE:
+        data = load_mnist()
+        _PROCESS_CACHE[clients] = (data, noniid_split(data["y_train"].numpy(), clients))
+    return _PROCESS_CACHE[clients]
+
+
 class LR(nn.Module):
     """Multinomial logistic regression: logits = x Aᵀ + b (d = 7,850 on MNIST)."""
 

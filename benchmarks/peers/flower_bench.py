@@ -26,7 +26,7 @@ import threading  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import MODELS, load_mnist, noniid_split, report, test_accuracy  # noqa: E402
+from common import MODELS, data_and_split, load_mnist, report, test_accuracy  # noqa: E402
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
@@ -34,16 +34,6 @@ from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402
 
 ARGS = argparse.Namespace()
-_DATA: dict[str, object] = {}
-
-
-def _client_data() -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:
-    """MNIST and the split, once per process (Ray worker)."""
-    if not _DATA:
-        data = load_mnist()
-        _DATA["data"] = data
-        _DATA["split"] = noniid_split(data["y_train"].numpy(), ARGS.clients)
-    return _DATA["data"], _DATA["split"]  # type: ignore[return-value]
 
 
 client_app = ClientApp()
@@ -52,7 +42,7 @@ client_app = ClientApp()
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
-    data, split = _client_data()
+    data, split = data_and_split(ARGS.clients)  # once per Ray worker process
     cid = int(context.node_config["partition-id"])
     rnd = int(msg.content["config"]["server-round"])
     model = MODELS[ARGS.model]()
