@@ -18,7 +18,7 @@ import torch
 from fedpoison import registry
 from fedpoison.data import mnist
 from fedpoison.data.breast_cancer import load_breast_cancer
-from fedpoison.data.home import ENV_DATA, data_home, dataset_dir
+from fedpoison.data.home import ENV_CACHE, ENV_DATA, data_home, dataset_dir
 from fedpoison.data.idx import IMAGES_MAGIC, parse_idx, read_idx, read_idx_images
 from fedpoison.data.registry import load
 from fedpoison.errors import ConfigError, DataError
@@ -244,6 +244,92 @@ def test_corrupt_mnist_file_is_refused(tmp_path: Path, shared_home: Path) -> Non
     with pytest.raises(DataError, match="sha256 mismatch") as info:
         load("mnist", home=tmp_path, download=False)
     assert mnist.MNIST_SHA256[mnist.TEST_LABELS] in str(info.value)
+
+
+@pytest.fixture
+def mnist_copy(tmp_path: Path, shared_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private data home holding copies of MNIST, and an empty private cache folder."""
+    folder = tmp_path / "home" / "mnist"
+    folder.mkdir(parents=True)
+    for name in mnist.MNIST_SHA256:
+        (folder / name).write_bytes((shared_home / "mnist" / name).read_bytes())
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache"))
+    mnist._CACHE.clear()
+    return tmp_path / "home"
+
+
+def _count_fetches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = mnist.fetch
+
+    def spy(filename: str, *args: object, **kwargs: object) -> Path:
+        calls.append(filename)
+        return real(filename, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mnist, "fetch", spy)
+    return calls
+
+
+def test_decoded_mnist_is_cached_on_disk_outside_the_data_home(
+    mnist_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_fetches(monkeypatch)
+    before = sorted(p.name for p in (mnist_copy / "mnist").iterdir())
+    a = load("mnist", home=mnist_copy, download=False)
+    assert sorted(calls) == sorted(mnist.MNIST_SHA256)  # every source verified once
+    assert sorted(p.name for p in (mnist_copy / "mnist").iterdir()) == before
+    arrays = sorted((tmp_path / "cache" / "decoded" / "idx").glob("*.npy"))
+    assert len(arrays) == 4 and all(p.name.split(".")[0] in mnist.MNIST_SHA256.values()
+                                    for p in arrays)
+    # A new process: nothing in memory, no hashing, no gzip: the arrays are memory-mapped.
+    mnist._CACHE.clear()
+    calls.clear()
+    b = load("mnist", home=mnist_copy, download=False)
+    assert calls == []
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    # Each load is a private copy-on-write mapping: writing to one changes neither the file
+    # nor the next load.
+    b.x_test.zero_()
+    b.y_train.zero_()
+    c = load("mnist", home=mnist_copy, download=False)
+    assert torch.equal(c.x_test, a.x_test) and torch.equal(c.y_train, a.y_train)
+
+
+def test_changed_source_is_verified_again(
+    mnist_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load("mnist", home=mnist_copy, download=False)
+    mnist._CACHE.clear()
+    calls = _count_fetches(monkeypatch)
+    path = mnist_copy / "mnist" / mnist.TEST_LABELS
+    os.utime(path, ns=(1, 1))  # same bytes, another identity: hashed again, then trusted
+    load("mnist", home=mnist_copy, download=False)
+    assert calls == [mnist.TEST_LABELS]
+    # Different bytes under the same name (and the old mtime) are refused, not served from
+    # the cache.
+    path.write_bytes(b"garbage")
+    os.utime(path, ns=(1, 1))
+    mnist._CACHE.clear()
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        load("mnist", home=mnist_copy, download=False)
+
+
+def test_damaged_or_unwritable_cache_only_costs_time(
+    mnist_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = load("mnist", home=mnist_copy, download=False)
+    for p in (tmp_path / "cache" / "decoded" / "idx").glob("*.npy"):
+        p.write_bytes(p.read_bytes()[:1000])  # truncated
+    mnist._CACHE.clear()
+    again = load("mnist", home=mnist_copy, download=False)
+    assert torch.equal(again.x_train, ref.x_train) and torch.equal(again.y_test, ref.y_test)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv(ENV_CACHE, str(blocked))
+    mnist._CACHE.clear()
+    third = load("mnist", home=mnist_copy, download=False)
+    assert torch.equal(third.x_train, ref.x_train)
 
 
 # --- breast cancer -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedpoison.data.base import Dataset
@@ -103,3 +104,109 @@ def test_train_on_is_plain_sgd_on_the_given_examples() -> None:
         grad = torch.cat([(p.T @ x[idx] / 8).reshape(-1), p.mean(0)])
         ref = ref - 0.5 * grad
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_sample_batches_takes_the_smallest_keys_ties_to_the_lower_position() -> None:
+    """The batch is the B smallest (key, position) pairs of each row, in ascending position:
+    the same keys as torch.rand over the padded rows draws, ties broken by position."""
+    owner = torch.randint(5, (400,), generator=torch.Generator().manual_seed(1))
+    part = Partition.from_owner(owner, 5)
+    workers = torch.tensor([4, 0, 2])
+    idx, mask = sample_batches(part, workers, 16, torch.Generator().manual_seed(7))
+    keys = torch.rand((3, part.indices.shape[1]), generator=torch.Generator().manual_seed(7))
+    for row, i in enumerate(workers.tolist()):
+        n = int(part.counts[i])
+        order = sorted(range(n), key=lambda p, r=row: (float(keys[r, p]), p))[:16]
+        assert idx[row].tolist() == part.indices[i, sorted(order)].tolist()
+        assert bool(mask[row].all())
+
+
+def test_sample_batches_tie_at_the_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
+    owner = torch.zeros(6, dtype=torch.long)
+    part = Partition.from_owner(owner, 1)
+    tied = torch.tensor([[0.5, 0.25, 0.5, 0.75, 0.5, 0.125]])
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: tied.clone())
+    idx, _ = sample_batches(part, torch.tensor([0]), 3, torch.Generator())
+    assert idx.tolist() == [[0, 1, 5]]  # 0.125, 0.25 and the first of the three 0.5
+
+
+def test_local_train_does_not_depend_on_the_thread_count() -> None:
+    ds = _toy(n=2000, features=50, classes=10)
+    owner = torch.randint(40, (2000,), generator=torch.Generator().manual_seed(3))
+    part = Partition.from_owner(owner, 40)
+    model = LogisticRegression(50, 10)
+    task = Task(ds, model, part, lr=0.3, batch_size=16)
+    w = torch.randn(model.dim, generator=torch.Generator().manual_seed(4))
+    threads = torch.get_num_threads()
+    out = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            W = task.local_train(w, torch.arange(40), ds.y_train, 2,
+                                 torch.Generator().manual_seed(5))
+            err, loss = task.evaluate_many(W, ds.x_train, ds.y_train)
+            out.append((W, err, loss, task.evaluate(w)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(out[0][:3], out[1][:3], strict=True):
+        assert torch.equal(a, b)
+    assert out[0][3] == out[1][3]
+
+
+def test_fused_sgd_step_equals_gradient_step() -> None:
+    g = torch.Generator().manual_seed(0)
+    model = LogisticRegression(30, 7)
+    W = torch.randn(9, model.dim, generator=g)
+    x = torch.rand(9, 11, 30, generator=g)
+    y = torch.randint(7, (9, 11), generator=g)
+    mask = torch.rand(9, 11, generator=g) > 0.3
+    mask[2] = False  # a worker without data keeps its model
+    fused = model.sgd_step_(W.clone(), x, y, mask, 0.2)
+    step = W.clone().sub_(model.batched_grad(W, x, y, mask), alpha=0.2)
+    assert torch.equal(fused, step)
+    assert torch.equal(fused[2], W[2])
+
+
+@pytest.mark.parametrize("n", [5, 700, 1500, 2100])
+def test_lr_logits_equal_the_plain_product(n: int) -> None:
+    """One model's logits are formed in groups of examples: the same values as x·Aᵀ + b."""
+    g = torch.Generator().manual_seed(n)
+    model = LogisticRegression(20, 3)
+    x = torch.rand(n, 20, generator=g)
+    for k in (1, 4):
+        W = torch.randn(k, model.dim, generator=g)
+        A, b = W[:, :60].view(k, 3, 20), W[:, 60:]
+        want = torch.einsum("nf,klf->knl", x.double(), A.double()) + b[:, None, :].double()
+        got = model.logits(W, x)
+        assert got.shape == (k, n, 3)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_many_equals_a_plain_reference() -> None:
+    ds = _toy(n=600, features=12, classes=4)
+    model = LogisticRegression(12, 4)
+    task = Task(ds, model, Partition.from_owner(torch.zeros(600, dtype=torch.long), 1),
+                lr=0.1, batch_size=8)
+    W = torch.randn(3, model.dim, generator=torch.Generator().manual_seed(2))
+    err, loss = task.evaluate_many(W, ds.x_train, ds.y_train)
+    logits = torch.einsum("nf,klf->knl", ds.x_train, W[:, :48].view(3, 4, 12)) + W[:, None, 48:]
+    want_err = (logits.argmax(2) != ds.y_train).double().mean(1)
+    want_loss = torch.stack([torch.nn.functional.cross_entropy(z, ds.y_train) for z in logits])
+    torch.testing.assert_close(err, want_err)
+    torch.testing.assert_close(loss, want_loss.double(), rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_blocks_do_not_change_local_training() -> None:
+    ds = _toy(n=900, features=20, classes=5)
+    owner = torch.randint(30, (900,), generator=torch.Generator().manual_seed(6))
+    part = Partition.from_owner(owner, 30)
+    w = torch.randn(20 * 5 + 5, generator=torch.Generator().manual_seed(7))
+    out = []
+    for block in (None, 1, 40, 100):  # one block; a worker each; 5 workers; 12, 12 and 6
+        model = LogisticRegression(20, 5)
+        model.cpu_block_examples = block
+        task = Task(ds, model, part, lr=0.5, batch_size=8)
+        out.append(task.local_train(w, torch.arange(30), ds.y_train, 2,
+                                    torch.Generator().manual_seed(8)))
+    for W in out[1:]:
+        assert torch.equal(W, out[0])

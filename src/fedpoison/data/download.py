@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import sys
 import tempfile
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tqdm import tqdm
+import numpy as np
 
 from fedpoison.data.home import ENV_DATA
 from fedpoison.errors import DataError
@@ -167,6 +168,8 @@ def _download_one(
     tmp = Path(tmp_name)
     done = False
     try:
+        from tqdm import tqdm  # here, not at import: ``fedpoison run`` never downloads
+
         hashers = {name: hashlib.new(name) for name in expected}
         received = 0
         total: int | None = None
@@ -298,17 +301,38 @@ def _remove_empty(created: list[Path]) -> None:
 
 
 class DecodeCache:
-    """In-process cache of decoded files, keyed by path and the file's mtime and size.
+    """Decoded files, cached in this process and, with ``disk``, as arrays on disk.
 
-    Decoding MNIST from gzip takes about half a second; a sweep of many runs in one process
-    should pay it once. Nothing is written to disk (the data home may be read-only). A file
+    In process: values keyed by path and the file's mtime and size. Decoding MNIST from gzip
+    takes about half a second; a sweep of many runs in one process should pay it once. A file
     replaced on disk gets a new mtime or size and is decoded (and verified) again. Cached
     values must be treated as immutable: store read-only arrays and copy them on the way out.
+
+    On disk (``disk`` names a folder under :func:`~fedpoison.data.home.cache_home`, never
+    the data home, which may be a shared read-only copy)::
+
+        <cache>/decoded/<disk>/<sha256>.<tag>.npy     decoded arrays, memory-mapped back
+        <cache>/decoded/sources/<key>.json            verified SHA-256 of a source file
+
+    A decoded array is named by the SHA-256 of the source file it came from (and a ``tag``
+    for what was derived), so it can only be reused for those exact bytes. Hashing the
+    source again on every start would cost more than reading the array (MNIST: ~12 MB of
+    gzip), so when a source is verified its SHA-256 is recorded together with the file's
+    identity (absolute path, size, mtime_ns, ctime_ns, inode); while that identity is
+    unchanged the recorded SHA-256 is trusted. Any change to the file (a rewrite, a
+    replacement, ``touch``) changes the identity, and the file is verified again. Every file
+    is written to a temporary name and renamed into place, so concurrent processes never
+    read a partial file. An unreadable or damaged cache file counts as absent; a cache folder
+    that cannot be written only costs speed. Delete ``<cache>/decoded`` to force a re-decode.
     """
 
-    def __init__(self) -> None:
+    FORMAT = 1
+    """Bumped when what is stored changes: files of another format are ignored."""
+
+    def __init__(self, disk: str | None = None) -> None:
         self._entries: dict[Path, tuple[tuple[int, int], Any]] = {}
         self._lock = threading.Lock()
+        self._disk = disk
 
     @staticmethod
     def _key(path: Path) -> tuple[Path, tuple[int, int]] | None:
@@ -335,6 +359,98 @@ class DecodeCache:
                 self._entries[key[0]] = (key[1], value)
 
     def clear(self) -> None:
-        """Forget everything (tests use this to measure a cold load)."""
+        """Forget everything held in this process (tests use this to measure a cold load);
+        files on disk stay."""
         with self._lock:
             self._entries.clear()
+
+    # ------------------------------------------------------------------------ on disk
+    def _folder(self) -> Path | None:
+        if self._disk is None:
+            return None
+        from fedpoison.data.home import cache_home
+
+        return cache_home() / "decoded"
+
+    @staticmethod
+    def _identity(path: Path) -> dict[str, Any] | None:
+        try:
+            st = Path(path).stat()
+        except OSError:
+            return None
+        return {"path": str(Path(path).absolute()), "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino,
+                "format": DecodeCache.FORMAT}
+
+    def _stamp(self, path: Path) -> Path | None:
+        folder = self._folder()
+        if folder is None:
+            return None
+        name = hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:32]
+        return folder / "sources" / f"{name}.json"
+
+    def verified_sha256(self, path: Path) -> str | None:
+        """The SHA-256 recorded when ``path`` was last verified, if the file is still the one
+        recorded (same path, size, mtime_ns, ctime_ns and inode); else None."""
+        stamp, identity = self._stamp(path), self._identity(path)
+        if stamp is None or identity is None:
+            return None
+        try:
+            record = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or any(record.get(k) != v for k, v in identity.items()):
+            return None
+        digest = record.get("sha256")
+        return digest if isinstance(digest, str) else None
+
+    def record_verified(self, path: Path, sha256: str) -> None:
+        """Record that the file now at ``path`` was verified to have this SHA-256."""
+        stamp, identity = self._stamp(path), self._identity(path)
+        if stamp is not None and identity is not None:
+            body = json.dumps({**identity, "sha256": sha256.lower()}, sort_keys=True)
+            _write_atomic(stamp, lambda f: f.write(body.encode()))
+
+    def _array_path(self, sha256: str, tag: str) -> Path | None:
+        folder = self._folder()
+        if folder is None or self._disk is None:
+            return None
+        return folder / self._disk / f"{sha256.lower()}.{tag}.v{self.FORMAT}.npy"
+
+    def load_array(self, sha256: str, tag: str) -> np.ndarray | None:
+        """The array stored for (source SHA-256, tag), memory-mapped copy-on-write (writes
+        to it stay private to the caller), or None when absent or unreadable."""
+        target = self._array_path(sha256, tag)
+        if target is None:
+            return None
+        try:
+            return np.load(target, mmap_mode="c", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+
+    def store_array(self, sha256: str, tag: str, array: np.ndarray) -> bool:
+        """Store ``array`` for (source SHA-256, tag); False when the cache is not writable."""
+        target = self._array_path(sha256, tag)
+        if target is None:
+            return False
+        return _write_atomic(target, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def _write_atomic(target: Path, write: Callable[[BinaryIO], Any]) -> bool:
+    """Write a file through a temporary name in its folder and rename it into place.
+    Returns False (and leaves nothing behind) when the folder cannot be written."""
+    tmp: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+        tmp = None
+        return True
+    except OSError:
+        return False
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
 from fedpoison.models.flat import FlatLayout
 from fedpoison.registry import register_model
+
+#: Examples per product when one model's logits are formed (see ``logits_by_class``).
+GROUP = 512
 
 
 class LogisticRegression:
@@ -15,7 +20,23 @@ class LogisticRegression:
     Flat layout: A row-major (L·F values), then b (L values); for MNIST d = 784·10 + 10 = 7850.
     The gradient is written in closed form, (softmax − onehot)ᵀ x / n, so all workers' local
     SGD steps are two batched matrix products (no autograd, no loop over workers).
+
+    Layout for speed: logits are formed class-major, ``A · xᵀ`` ([L, B] per worker) rather
+    than ``x · Aᵀ`` ([B, L]). With L = 10 the product with the long dimension last runs about
+    2× faster in MKL, and the softmax over the 10 classes is then a reduction across rows,
+    which vectorizes along the examples (20× faster than a softmax along a last dimension
+    of size 10). Every product is batched over workers (or over groups of examples), so the
+    threads split whole products and the results do not depend on the thread count: one
+    [L, F]·[F, n] product, even for the shared model of the first local round, lets MKL
+    split the F-sum between threads (checked for 1 and 2 threads in the tests).
     """
+
+    cpu_block_examples: int | None = 1024
+    """On CPU, ``Task.local_train`` steps the workers in blocks of about this many examples
+    (m = 100, B = 32: 4 blocks of 25 workers) so that a block's inputs (2.5 MB) stay in the
+    L2/L3 caches between the forward and the backward product. Measured on MNIST (1 thread,
+    CPU time of a whole local step, machine loaded): 3.9 ms against 4.6 ms in one block
+    (512 examples: 4.1 ms; 256: 4.7 ms). The numbers do not depend on the blocks."""
 
     def __init__(self, num_features: int, num_classes: int) -> None:
         self.num_features = num_features
@@ -24,6 +45,7 @@ class LogisticRegression:
         # The same order as nn.Linear(F, L)'s state_dict: a saved model loads into one.
         self.layout = FlatLayout([("weight", (num_classes, num_features)),
                                   ("bias", (num_classes,))])
+        self._local = threading.local()  # sgd_step_'s scratch buffer, one per thread
 
     def init(self, generator: torch.Generator) -> Tensor:
         """Zeros: the loss is convex, so the start point does not matter and zeros are exact."""
@@ -34,26 +56,82 @@ class LogisticRegression:
         F, L = self.num_features, self.num_classes
         return W[:, : F * L].view(k, L, F), W[:, F * L :]
 
-    def logits(self, W: Tensor, x: Tensor) -> Tensor:
+    def logits_by_class(self, W: Tensor, x: Tensor) -> Tensor:
+        """Logits of k models on the same n inputs, class-major: [k, L, n]."""
         A, b = self._split(W)
+        F, L = self.num_features, self.num_classes
         x = x.reshape(x.shape[0], -1)
-        # [k, n, L] = x [n, F] · A [k, L, F]ᵀ + b
-        return torch.einsum("nf,klf->knl", x, A) + b[:, None, :]
+        k, n = W.shape[0], x.shape[0]
+        if k > 1:
+            return torch.baddbmm(b[:, :, None], A, x.t().expand(k, F, n))
+        # One model: one product per group of GROUP examples, the rest as x·Aᵀ (whose
+        # threads split the examples); both are independent of the thread count.
+        q = n // GROUP if n >= 2 * GROUP else 0
+        parts = []
+        if q:
+            xg = x[: q * GROUP].view(q, GROUP, F).transpose(1, 2)
+            z = torch.baddbmm(b[0, :, None].expand(q, L, 1), A.expand(q, L, F), xg)
+            parts.append(z.permute(1, 0, 2).reshape(L, q * GROUP))
+        if n > q * GROUP:
+            parts.append(torch.addmm(b[0], x[q * GROUP :], A[0].t()).t())
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, 1))[None]
+
+    def logits(self, W: Tensor, x: Tensor) -> Tensor:
+        """Logits of k models on the same n inputs: W [k, dim], x [n, ...] -> [k, n, L] (a
+        transposed view of :meth:`logits_by_class`)."""
+        return self.logits_by_class(W, x).transpose(1, 2)
+
+    def _delta(self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """d(loss)/d(logits) per worker, class-major [k, L, B]: (softmax − onehot)·mask/|B_i|."""
+        k, B = y.shape
+        A, b = self._split(W)
+        z = torch.baddbmm(b[:, :, None], A, x.reshape(k, B, -1).transpose(1, 2))
+        delta = torch.softmax(z, dim=1)
+        delta.scatter_add_(1, y[:, None, :], self._minus_one(delta).expand(k, 1, B))
+        weight = mask.to(delta.dtype) / mask.sum(1, keepdim=True).clamp_min(1).to(delta.dtype)
+        return delta.mul_(weight[:, None, :])
+
+    def _minus_one(self, like: Tensor) -> Tensor:
+        one = getattr(self._local, "minus_one", None)
+        if one is None or one.dtype != like.dtype or one.device != like.device:
+            one = self._local.minus_one = torch.full((1, 1, 1), -1.0, dtype=like.dtype,
+                                                     device=like.device)
+        return one
 
     def batched_grad(
         self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor
     ) -> Tensor:
+        """See ``FlatModel.batched_grad``."""
         k, B = y.shape
+        F, L = self.num_features, self.num_classes
+        delta = self._delta(W, x, y, mask)
+        # a contiguous product (one written into W-shaped rows would depend on the threads)
+        grad_A = torch.bmm(delta, x.reshape(k, B, F))
+        return torch.cat([grad_A.view(k, F * L), delta.sum(2)], 1)
+
+    def sgd_step_(
+        self, W: Tensor, x: Tensor, y: Tensor, mask: Tensor, lr: float
+    ) -> Tensor:
+        """In place, ``W ← W − lr · batched_grad(W, x, y, mask)``; the same numbers.
+
+        The weight gradient goes to a scratch buffer the model keeps (per thread) rather than
+        a fresh [k, d] tensor: on our VMs a fresh 3 MB buffer per iteration can cost more in
+        page faults than the product itself. (Accumulating straight into W with an in-place
+        ``baddbmm_`` on its strided rows would save the buffer, but MKL then splits the work
+        differently by thread count and the results would depend on it.)"""
+        k, B = y.shape
+        F, L = self.num_features, self.num_classes
+        delta = self._delta(W, x, y, mask)
+        scratch = getattr(self._local, "grad", None)
+        if (scratch is None or scratch.shape[0] < k or scratch.dtype != W.dtype
+                or scratch.device != W.device):
+            scratch = self._local.grad = W.new_empty(k, L, F)
+        scratch = scratch[:k]
+        torch.bmm(delta, x.reshape(k, B, F), out=scratch)
         A, b = self._split(W)
-        x = x.reshape(k, B, -1)
-        logits = torch.baddbmm(b[:, None, :], x, A.transpose(1, 2))  # [k, B, L]
-        delta = torch.softmax(logits, dim=2)
-        delta.scatter_add_(2, y[:, :, None], torch.full_like(delta[:, :, :1], -1.0))
-        weight = mask.to(delta.dtype) / mask.sum(1, keepdim=True).clamp_min(1).to(delta.dtype)
-        delta = delta * weight[:, :, None]
-        grad_A = torch.bmm(delta.transpose(1, 2), x)  # [k, L, F]
-        grad_b = delta.sum(1)
-        return torch.cat([grad_A.reshape(k, -1), grad_b], dim=1)
+        A.sub_(scratch, alpha=lr)
+        b.sub_(delta.sum(2), alpha=lr)
+        return W
 
 
 def _build(ds: object) -> LogisticRegression:
