@@ -57,9 +57,19 @@ class AttackContext:
             self.notes.setdefault(name, []).append(float(value))
 
     def aggregate(self, W: Tensor) -> Tensor:
-        """The target rule (with the server's ``f``) applied to ``W``."""
+        """The target rule (with the server's ``f``) applied to ``W``.
+
+        A target that needs the server's context (e.g. bucketing before the rule, which
+        shuffles with the server's generator) is simulated as the attacker can: with the
+        attacker's own generator, ``w_Re`` as the previous model, no server state and no
+        server data (docs/choices.md, "Standard attacks")."""
         if self.target is None:
             raise ValueError("this attack was given no target rule")
+        if getattr(self.target, "needs", None):
+            from fedpoison.server import ServerContext  # the server imports the attacks
+
+            ctx = ServerContext(0, self.w_re, {}, self.generator, rows=int(W.shape[0]))
+            return self.target(W, self.f, ctx)
         return self.target(W, self.f)
 
     def updates(self, models: Tensor) -> Tensor:

@@ -86,7 +86,10 @@ def impacts(ctx: DefenseContext) -> tuple[Tensor, Tensor]:
     One leave-one-out aggregation and one batched ``ctx.evaluate`` of the k + 1 models.
     Rows with a NaN or +-Inf entry get +inf; NaN impacts (both losses infinite) become 0.
     """
-    A, B = ctx.rule.with_and_without(ctx.W, ctx.f)
+    # A pipeline that needs the server's context (e.g. bucketing's shuffle) gets it: the
+    # leave-one-out aggregations are the server's pipeline as the server runs it.
+    server = ctx.server if getattr(ctx.rule, "needs", None) else None
+    A, B = ctx.rule.with_and_without(ctx.W, ctx.f, server)
     error, loss = ctx.evaluate(torch.cat([A.unsqueeze(0), B]))
     error = error.detach().to("cpu", torch.float64)
     loss = loss.detach().to("cpu", torch.float64)
