@@ -117,8 +117,8 @@ def test_needs_root_data_and_checks_options() -> None:
 
 def test_reports_detection_in_a_run() -> None:
     # The readings this threshold was measured with (the defaults before issue 18; with
-    # direction=rule, copies=radius and zero_sign=minus-one the TPR here is 0.69): the test is about the
-    # detection report, not about the attack's readings.
+    # direction=rule, copies=radius and zero_sign=minus-one the TPR here is 0.69): the
+    # test is about the detection report, not about the attack's readings.
     legacy = {"direction": "mean", "copies": "ball", "zero_sign": "zero"}
     r = toy_run(rule="fltrust", attack="krum", attack_options=legacy)
     det = r.diagnostics["detection"]
