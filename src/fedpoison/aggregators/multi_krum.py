@@ -3,11 +3,13 @@
 Every model gets Krum's score, the sum of its squared distances to its ``m − f − 2``
 nearest other models (Fang et al., Section 2.2), computed once from one distance matrix
 (``krum.pairwise_sq_distances``, ``krum.krum_scores``); the ``q`` models with the smallest
-scores are selected (ties to the smaller index) and averaged. Blanchard et al. write
-m for q and n for our m: "Multi-Krum ... selects m ∈ {1, …, n} vectors V₁*, …, V_m* with the
-best scores and outputs their average"; their experiments take m = n − f, our default
-``q = m − f``. ``q = 1`` is Krum. The scores are not recomputed after each selection (that
-would be Bulyan's repeated Krum).
+scores are selected (ties to the smaller index) and averaged. As in Krum, the Gram scores
+whose error intervals overlap are replaced by the float64 reference scores (direct
+differences), so the selection is the reference's however ill-conditioned the rows.
+Blanchard et al. write m for q and n for our m: "Multi-Krum ... selects m ∈ {1, …, n}
+vectors V₁*, …, V_m* with the best scores and outputs their average"; their experiments
+take m = n − f, our default ``q = m − f``. ``q = 1`` is Krum. The scores are not
+recomputed after each selection (that would be Bulyan's repeated Krum).
 
 Hostile rows. A row with any NaN or ±Inf is infinitely far from every other row, so its
 score is +inf; with at most ``f`` such rows and ``q ≤ m − f`` (the default), every selected
@@ -26,11 +28,18 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from fedpoison.aggregators.helpers import report_removed, selected_means
-from fedpoison.aggregators.krum import krum_scores, pairwise_sq_distances
+from fedpoison.aggregators.krum import (
+    _exact_scores,
+    _ExactDistances,
+    _score_bounds,
+    krum_scores,
+    pairwise_sq_distances,
+)
 from fedpoison.aggregators.leave_one_out import check_leave_one_out_count, exclusive_sums
 from fedpoison.aggregators.mean import check_count, check_matrix
 from fedpoison.registry import Option, register_rule
@@ -63,8 +72,23 @@ def multi_krum_select(W: Tensor, f: int, selected: int | None = None) -> Tensor:
     """Indices [q] of the selected rows, best score first (ties: smaller index first)."""
     m, f = check_matrix(W, "multi-krum", f)
     q = check_multi_krum(m, f, selected)
-    scores = krum_scores(pairwise_sq_distances(W), f)
-    return torch.sort(scores, stable=True).indices[:q].to(W.device)
+    dist = _ExactDistances(W)
+    k = m - f - 2
+    s = krum_scores(dist.D2, f).detach().to("cpu", torch.float64).numpy()
+    # As Krum: each Gram score is an interval around the reference score; the rows whose
+    # interval meets another's are ranked by their reference scores (direct differences),
+    # so that the selection is the reference's (ties -> smaller index) whatever the
+    # conditioning of W. Disjoint intervals keep the Gram order.
+    lo, hi = _score_bounds(s, dist.norms, k, dist.d, m)
+    finite = np.isfinite(s)
+    meets = (lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None]) & finite[None, :]
+    np.fill_diagonal(meets, False)
+    cand = np.flatnonzero(meets.any(axis=1) & finite)
+    if k > 0 and len(cand):
+        s = s.copy()
+        s[cand] = _exact_scores(dist.exact_rows(cand), cand, k)
+    order = np.argsort(s, kind="stable")[:q]
+    return torch.from_numpy(order.astype(np.int64)).to(W.device)
 
 
 def multi_krum(W: Tensor, f: int, selected: int | None = None, *, ctx: Any = None
