@@ -59,8 +59,13 @@ def largest_sign_cluster(features: np.ndarray, seed: int) -> np.ndarray:
                                    random_state=seed)
     if not bandwidth > 0:
         return np.ones(k, dtype=bool)
-    labels = MeanShift(bandwidth=bandwidth, bin_seeding=True, cluster_all=False).fit(
-        features).labels_
+    try:
+        labels = MeanShift(bandwidth=bandwidth, bin_seeding=True, cluster_all=False).fit(
+            features).labels_
+    except ValueError as e:  # a bandwidth so small that no point is near any seed
+        if "No point was within bandwidth" not in str(e):
+            raise
+        return np.ones(k, dtype=bool)  # no cluster at all: the sign filter keeps every row
     counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0)
     if counts.size == 0:
         return np.ones(k, dtype=bool)
