@@ -75,8 +75,8 @@ def mean_and_std(U: Tensor, ddof: int) -> tuple[Tensor, Tensor]:
     n = U.shape[0]
     if U.device.type == "cpu":
         A = U.detach().numpy()
-        mu = np.mean(A, axis=0, dtype=np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):  # +inf and -inf rows: NaN
+            mu = np.mean(A, axis=0, dtype=np.float64)
             sd = (np.std(A, axis=0, ddof=ddof, dtype=np.float64) if n > 1
                   else np.zeros_like(mu))
         return torch.from_numpy(mu), torch.from_numpy(sd)
