@@ -39,13 +39,15 @@ TARGETS = ("krum", "bulyan", "trimmed-mean", "median")
 
 
 def make_context(W: torch.Tensor, w_re: torch.Tensor, knowledge: str, target: str | None,
-                 generator: torch.Generator | None = None) -> AttackContext:
+                 generator: torch.Generator | None = None,
+                 state: dict | None = None) -> AttackContext:
     return AttackContext(
         compromised=W[:C], benign=W[C:] if knowledge == "full" else None, w_re=w_re, m=M,
         knowledge=knowledge,  # type: ignore[arg-type]
         f=C, generator=generator or torch.Generator().manual_seed(0),
         target=bind_pipeline(target, {}) if target else None,
-        init=lambda g: torch.zeros(W.shape[1]))  # LR's initializer (MPAF's base model)
+        init=lambda g: torch.zeros(W.shape[1]),  # LR's initializer (MPAF's base model)
+        state=state)  # Mimic's state across iterations (None: a fresh one per call)
 
 
 def cases(W: torch.Tensor, w_re: torch.Tensor, only: set[str]) -> dict[str, Callable[[], object]]:
@@ -75,11 +77,11 @@ def cases(W: torch.Tensor, w_re: torch.Tensor, only: set[str]) -> dict[str, Call
                     out[label + " (warm-up)"] = (
                         lambda spec=spec, k=knowledge, t=target, o=opts:
                         spec.impl(make_context(W, w_re, k, t), **o))
-                    g = torch.Generator().manual_seed(0)
-                    spec.impl(make_context(W, w_re, knowledge, target, g), **opts)
+                    g, state = torch.Generator().manual_seed(0), {}
+                    spec.impl(make_context(W, w_re, knowledge, target, g, state), **opts)
                     label += " (after)"
-                    out[label] = (lambda spec=spec, k=knowledge, t=target, o=opts, g=g:
-                                  spec.impl(make_context(W, w_re, k, t, g), **o))
+                    out[label] = (lambda spec=spec, k=knowledge, t=target, o=opts, g=g, s=state:
+                                  spec.impl(make_context(W, w_re, k, t, g, s), **o))
                     continue
                 out[label] = (lambda spec=spec, k=knowledge, t=target, o=opts:
                               spec.impl(make_context(W, w_re, k, t), **o))

@@ -9,6 +9,8 @@ devices and every output is compared to the CPU one, not only checked for shape.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -169,12 +171,14 @@ def test_attack_on_cuda_gives_the_cpu_models(name: str, knowledge: str, target: 
     opts.pop("target_rule", None)
 
     def craft(W: torch.Tensor, w_re: torch.Tensor) -> torch.Tensor:
-        # Mimic keeps its state per generator: one fresh generator per device, two calls
-        # (the warm-up and the next iteration).
-        g = torch.Generator().manual_seed(0)
-        out = spec.impl(attack_context(W, w_re, knowledge, target, goal, g), **opts)
+        # Mimic keeps its state per run (ctx.state): one fresh generator and state per
+        # device, two calls (the warm-up and the next iteration).
+        g, state = torch.Generator().manual_seed(0), {}
+        ctx = dataclasses.replace(attack_context(W, w_re, knowledge, target, goal, g),
+                                  state=state)
+        out = spec.impl(ctx, **opts)
         if name == "mimic":
-            out = spec.impl(attack_context(W, w_re, knowledge, target, goal, g), **opts)
+            out = spec.impl(dataclasses.replace(ctx, state=state), **opts)
         return out
 
     cpu = craft(W, w_re)

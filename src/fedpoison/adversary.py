@@ -65,6 +65,7 @@ class Adversary:
     target: Pipeline | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     init: Callable[[torch.Generator], Tensor] | None = None  # the model's initializer
+    state: dict[str, Any] = field(default_factory=dict)  # the attack's, across iterations
 
     @classmethod
     def build(cls, attack: str, options: Mapping[str, Any], *, compromised: Tensor,
@@ -186,6 +187,7 @@ class Adversary:
             target=self.target,
             notes=notes,
             init=self.init,
+            state=self.state,
         )
         W[rows] = self.spec.impl(ctx, **self.options).to(W.dtype)
         return rows

@@ -32,7 +32,9 @@ class AttackContext:
     ``note`` (e.g. the Krum attack's λ); the simulation summarises them in its result.
     ``init(generator) -> Tensor[d]`` is the model's own initializer, for an attack that
     draws a fresh model of the architecture (e.g. MPAF's base model); it is ``None`` when
-    the context was built without a model.
+    the context was built without a model. ``state`` is the attack's own state across the
+    iterations of one run (one dict per run, kept by the adversary; e.g. Mimic's direction
+    estimate); ``None`` for a one-off craft, which carries nothing over.
 
     Updates and models (the convention every attack uses): the update of worker i is
     ``Δᵢ = wᵢ − w_Re``; an attack defined on updates crafts ``Δ′`` and sends ``w_Re + Δ′``
@@ -50,6 +52,7 @@ class AttackContext:
     target: Any = None
     notes: dict[str, list[float]] | None = None
     init: Callable[[torch.Generator], Tensor] | None = None
+    state: dict[str, Any] | None = None
 
     def note(self, name: str, value: float) -> None:
         """Record one value of the diagnostic ``name`` (a no-op unless ``notes`` was given)."""

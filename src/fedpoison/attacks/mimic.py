@@ -21,15 +21,15 @@ Choices (docs/choices.md, "Standard attacks"): ``z₀`` is drawn from the run's 
 code takes gradients (``Δ ≈ −lr·g``): with ``z₀``'s random sign both pick an extreme worker
 along the same axis. Needs full knowledge (it copies a benign model).
 
-State across iterations (``t``, ``μ``, ``z``, the target) is kept per run, keyed by the
-run's attack generator (``ctx.generator``, one object for a whole run); the target is a
+State across iterations (``t``, ``μ``, ``z``, the target) is kept per run in ``ctx.state``
+(the adversary's dict for the run; earlier it was keyed by the generator object, which
+torch before 2.13 cannot reference weakly); the target is a
 benign *row*, the same worker in every iteration when all workers take part (with worker
 sampling it is whichever benign worker holds that row).
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -52,14 +52,15 @@ class MimicState:
     target: int = 0  # the benign row copied
 
 
-_STATES: weakref.WeakKeyDictionary[torch.Generator, MimicState] = weakref.WeakKeyDictionary()
-
-
-def state_of(generator: torch.Generator) -> MimicState:
-    """The state of the run whose attack generator is ``generator`` (created on first use)."""
-    state = _STATES.get(generator)
+def state_of(ctx: AttackContext) -> MimicState:
+    """The run's state, kept in ``ctx.state`` (one dict per run, held by the adversary;
+    created on first use). A context without state (a one-off craft) starts fresh: its
+    iteration is the first of the warm-up."""
+    if ctx.state is None:
+        return MimicState()
+    state = ctx.state.get("mimic")
     if state is None:
-        state = _STATES[generator] = MimicState()
+        state = ctx.state["mimic"] = MimicState()
     return state
 
 
@@ -81,7 +82,7 @@ def mimic_attack(ctx: AttackContext, *, warmup: int = 1) -> Tensor:
         raise ValueError("mimic: needs at least one benign worker")
     U = ctx.updates(B).to(torch.float64)
     avg = U.mean(dim=0)
-    s = state_of(ctx.generator)
+    s = state_of(ctx)
     t = s.t
     if t == 0 or s.mu is None or s.z is None:
         z0 = torch.randn(ctx.d, generator=ctx.generator, device=ctx.generator.device)
