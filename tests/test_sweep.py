@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from fedpoison import registry
 from fedpoison.cli import main
 from fedpoison.data import Dataset, load
 from fedpoison.data.custom import register_dataset
@@ -159,11 +160,16 @@ def test_shipped_presets_parse_and_validate() -> None:
 
 
 def test_attack_matrix_preset() -> None:
-    """Rules x (none, Fang's attacks, every standard attack), full knowledge, Table 1."""
+    """Every registered rule x (none, Fang's attacks, every standard model attack), full
+    knowledge, Table 1."""
     spec = load_spec("attack-matrix").effective()
     points = spec.points()
-    assert len(points) == 5 * 11 and spec.trials == 3
+    rules = {s.name for s in registry.specs("rule") if s.module.startswith("fedpoison.")}
+    assert {p.label("rule") for p in points} == rules
+    assert len(points) == len(rules) * 12 and spec.trials == 3
     cell = {(p.label("rule"), p.label("attack")): p.config for p in points}
+    assert cell[("multi-krum", "agr-tailored")]["attack_options"] == {"target_rule": "krum"}
+    assert cell[("fltrust", "none")]["validation_size"] == 100
     assert all(c["iterations"] == 500 and c["model"] == "lr" and c["workers"] == 100
                and c["compromised"] == 20 and c["noniid"] == 0.5 for c in cell.values())
     assert cell[("mean", "agr-tailored")]["attack_options"] == {"target_rule": "trimmed-mean"}
@@ -173,11 +179,34 @@ def test_attack_matrix_preset() -> None:
         "target_rule": "trimmed-mean"}
     runs = spec.plan()  # every cell resolves (the mean row's tailored attack included)
     assert {r.config.attack for r in runs} >= {"alie", "ipm", "sign-flip", "mimic", "min-max",
-                                              "min-sum", "agr-tailored", "krum"}
+                                              "min-sum", "agr-tailored", "krum", "mpaf"}
     quick = load_spec("attack-matrix").effective(quick=True)
     assert quick.trials == 1 and quick.points()[0].config["iterations"] == 100
     dnn = load_spec("attack-matrix").effective(variant="dnn")
     assert all(p.config["model"] == "cnn" for p in dnn.points())
+
+
+def test_defense_matrix_preset() -> None:
+    """Every registered rule and defense, alone and after bucketing (Bulyan alone only),
+    against no attack, Gaussian, label flipping and every full-knowledge model attack but
+    the backdoor; every cell resolves."""
+    spec = load_spec("defense-matrix").effective()
+    points = spec.points()
+    rows = {p.label("defense") for p in points}
+    rules = {s.name for s in registry.specs("rule") if s.module.startswith("fedpoison.")}
+    defenses = {s.name for s in registry.specs("defense") if s.module.startswith("fedpoison.")}
+    configs = {p.label("defense"): p.config for p in points}
+    assert rules <= {c["rule"] for c in configs.values()}
+    assert defenses <= {c.get("defense") for c in configs.values()}
+    assert "bucketing+bulyan" not in rows and "bucketing+krum" in rows
+    assert configs["bucketing+krum"]["preaggregators"] == ["bucketing:s=2"]
+    models = {s.name for s in registry.specs("attack")
+              if not s.data and s.module.startswith("fedpoison.")} - {"scaling"}
+    columns = {p.label("attack") for p in points}
+    assert models | {"none", "gaussian", "label-flip"} <= columns | {"trimmed-mean"}
+    assert len(points) == len(rows) * len(columns) and spec.trials == 3
+    runs = spec.plan()  # every cell resolves, bucketed rows and tailored targets included
+    assert len(runs) == 3 * len(points)
 
 
 # ------------------------------------------------------------------------ driver
