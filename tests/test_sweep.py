@@ -209,6 +209,25 @@ def test_defense_matrix_preset() -> None:
     assert len(runs) == 3 * len(points)
 
 
+def test_alie_paper_preset() -> None:
+    """ALIE against its paper's MNIST claim: the authors' code's setting, planned not run."""
+    spec = load_spec("alie-paper").effective()
+    points = spec.points()
+    assert len(points) == 4 * 3 and spec.trials == 3
+    cell = {(p.label("rule"), p.label("attack")): p.config for p in points}
+    assert all(c["dataset"] == "mnist" and c["model"] == "mlp" and c["workers"] == 51
+               and c["compromised"] == 12 and c["split"] == "iid"
+               and c["knowledge"] == "partial" and c["iterations"] == 300
+               for c in cell.values())
+    assert cell[("krum", "alie-z1.5")]["attack_options"] == {"z": 1.5}
+    assert "attack_options" not in cell[("bulyan", "alie")]
+    assert spec.paper["bulyan"]["alie"] == 0.50 and "mean" not in spec.paper
+    runs = spec.plan()  # Bulyan's m >= 4c + 3 holds (51 = 4·12 + 3)
+    assert {r.config.attack for r in runs} == {"none", "alie"}
+    quick = load_spec("alie-paper").effective(quick=True)
+    assert quick.trials == 1 and quick.points()[0].config["iterations"] == 100
+
+
 # ------------------------------------------------------------------------ driver
 def counting_runner(calls: list[str]) -> Any:
     def runner(config: dict[str, Any], ds: Dataset) -> dict[str, Any]:
