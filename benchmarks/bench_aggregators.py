@@ -77,17 +77,24 @@ def context(W: torch.Tensor, notes: dict | None = None) -> ServerContext:
                          notes=notes, rows=W.shape[0])
 
 
+def rules() -> list:
+    """The registered rules this benchmark can call without a root dataset."""
+    return [s for s in registry.specs("rule") if "server_data" not in s.needs]
+
+
 def cases_for(W: torch.Tensor, with_bucketing: bool) -> dict[str, Callable[[], object]]:
-    """Every registered rule and pre-aggregator, and bucketing (s = 2) before each rule."""
+    """Every registered rule and pre-aggregator, and bucketing (s = 2) before each rule.
+    Rules that need the server's root data (FLTrust) are left to bench_defenses.py, which
+    gives them one."""
     out: dict[str, Callable[[], object]] = {}
-    for spec in registry.specs("rule"):
+    for spec in rules():
         rule = bind_rule(spec.name)
         out[spec.name] = lambda rule=rule: rule(W, F, context(W))
     for spec in registry.specs("preaggregator"):
         pre = BoundPreaggregator(spec, spec.resolve_options({}))
         out[f"pre: {spec.name}"] = lambda pre=pre: pre(W, F, context(W))
     if with_bucketing:
-        for spec in registry.specs("rule"):
+        for spec in rules():
             pipe = bind_pipeline(spec.name, {}, [("bucketing", {"s": 2})])
             try:
                 pipe.check(W.shape[0], F)
@@ -116,7 +123,7 @@ def bench_shape(label: str, d: int, repeats: int, with_bucketing: bool) -> None:
         print(f"{label:<12} {case:<26} {med:9.2f} {iqr:8.2f}", flush=True)
     ratio = medians["torch.sort (dim 0)"] / medians["np.sort (axis 0)"]
     print(f"{label:<12} {'torch.sort / np.sort':<26} {ratio:9.1f}x", flush=True)
-    for spec in registry.specs("rule"):
+    for spec in rules():
         if spec.diagnostics:
             notes: dict[str, list[float]] = {}
             bind_rule(spec.name)(W, F, context(W, notes))

@@ -11,8 +11,9 @@ import torch
 
 from defense_helpers import HOSTILE_CASES, context, rule, toy_run, with_hostile_rows
 from fedpoison.config import RunConfig
-from fedpoison.defenses.foolsgold import foolsgold_weights
+from fedpoison.defenses.foolsgold import foolsgold_history, foolsgold_weights
 from fedpoison.errors import ConfigError
+from fedpoison.server import bind_rule
 
 
 def reference(H: np.ndarray, kappa: float = 1.0) -> np.ndarray:
@@ -67,7 +68,7 @@ def test_identical_sybils_are_down_weighted() -> None:
         ctx = context(previous, rows=c + honest, state=state, iteration=t)
         out = rule("foolsgold", W, c, ctx)
         last, previous = previous, out
-    H = state["history"]
+    H = foolsgold_history(state)
     alpha = foolsgold_weights(H)
     assert bool((alpha[:c] == 0).all()) and bool((alpha[c:] > 0.5).all())
     # the step averages the weighted updates over all k workers (sybils count as zeros)
@@ -86,8 +87,9 @@ def test_history_is_kept_per_worker_id_and_step_is_weighted_mean() -> None:
     W1 = previous + torch.randn(3, d, generator=g)
     rule("foolsgold", W1, 0, context(previous, rows=3, state=state, workers=ids1))
     W2 = previous + torch.randn(3, d, generator=g)
-    out = rule("foolsgold", W2, 0, context(previous, rows=3, state=state, workers=ids2))
-    H = state["history"]
+    out = rule("foolsgold", W2, 0, context(previous, rows=3, state=state, workers=ids2,
+                                           iteration=2))
+    H = foolsgold_history(state)
     assert H.shape[0] == 10
     D1, D2 = (W1 - previous).double(), (W2 - previous).double()
     torch.testing.assert_close(H[2], D1[1] + D2[0])
@@ -114,7 +116,27 @@ def test_hostile_rows_finite_weight_zero_history_clean(kinds: list[str]) -> None
         finite = torch.isfinite(W).all(1)
         assert ctx.removed is not None and bool(ctx.removed[~finite].all())
         previous = out
-    assert torch.isfinite(state["history"]).all()
+    assert torch.isfinite(foolsgold_history(state)).all()
+
+
+def test_history_updated_once_per_iteration_under_leave_one_out() -> None:
+    """ERR/LFR call the rule k + 1 times per iteration with the server's context (the
+    leave-one-out loop): the history gets each iteration once, from the call over all the
+    received rows, so the next iteration aggregates as without the rejection defense."""
+    g = torch.Generator().manual_seed(3)
+    d, k = 8, 6
+    previous = torch.zeros(d)
+    W1, W2 = torch.randn(k, d, generator=g), torch.randn(k, d, generator=g)
+    bound = bind_rule("foolsgold")
+    looped: dict = {}
+    A, _ = bound.with_and_without(W1, 1, context(previous, rows=k, state=looped))
+    plain: dict = {}
+    torch.testing.assert_close(A, bound(W1, 1, context(previous, rows=k, state=plain)))
+    ctx2 = context(previous, rows=k, state=looped, iteration=2)
+    want = bound(W2, 1, context(previous, rows=k, state=plain, iteration=2))
+    torch.testing.assert_close(bound(W2, 1, ctx2), want)
+    torch.testing.assert_close(foolsgold_history(looped), foolsgold_history(plain))
+    torch.testing.assert_close(foolsgold_history(plain), (W1 + W2).double())
 
 
 def test_same_seed_same_numbers_and_no_state_leak() -> None:

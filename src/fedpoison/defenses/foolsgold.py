@@ -4,7 +4,10 @@ histories look alike (sybils share a goal, honest workers' data differ).
 Per iteration (Algorithm 1), for the workers present:
 
 1. history ``Hᵢ += Δᵢ`` (the sum of a worker's updates over the run, kept in ``ctx.state``
-   as one [workers, d] float64 matrix indexed by worker id);
+   as one [workers, d] float64 matrix indexed by worker id); added once per iteration: a
+   rejection defense (ERR/LFR) calls the rule k + 1 times in one iteration (leave-one-out),
+   each call sees the history of the earlier iterations plus its own rows' updates, and
+   only the call over all the received rows (``ctx.rows``) is kept for the history;
 2. ``csᵢⱼ = cos(Hᵢ, Hⱼ)`` for i ≠ j, ``vᵢ = maxⱼ csᵢⱼ``;
 3. pardoning: ``csᵢⱼ ← csᵢⱼ · vᵢ / vⱼ`` where ``vᵢ < vⱼ``;
 4. ``αᵢ = 1 − maxⱼ csᵢⱼ`` clipped to [0, 1], divided by its maximum;
@@ -33,7 +36,7 @@ from fedpoison.aggregators.mean import check_count, check_matrix
 from fedpoison.defenses._shared import report, updates, worker_ids
 from fedpoison.registry import Option, register_rule
 
-__all__ = ["foolsgold", "foolsgold_weights"]
+__all__ = ["foolsgold", "foolsgold_history", "foolsgold_weights"]
 
 
 def foolsgold_weights(H: Tensor, kappa: float = 1.0) -> Tensor:
@@ -59,6 +62,27 @@ def foolsgold_weights(H: Tensor, kappa: float = 1.0) -> Tensor:
     return torch.nan_to_num(logit, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
 
 
+def _grown(H: Tensor | None, need: int, D: Tensor) -> Tensor:
+    """The history matrix with at least ``need`` rows (new rows zero)."""
+    if H is not None and H.shape[0] >= need:
+        return H
+    grown = torch.zeros(need, D.shape[1], dtype=torch.float64, device=D.device)
+    if H is not None:
+        grown[: H.shape[0]] = H
+    return grown
+
+
+def foolsgold_history(state: dict) -> Tensor:
+    """The per-worker update histories [workers, d] (float64) in a FoolsGold state, the last
+    iteration's call included."""
+    H, pending = state.get("history"), state.get("pending")
+    if pending is None:
+        return H
+    H = _grown(H, int(pending[1].max()) + 1, pending[2]).clone()
+    H[pending[1]] += pending[2]
+    return H
+
+
 def check_foolsgold(m: int, f: int, kappa: float) -> None:
     """Needs m >= 1 local models."""
     check_count("foolsgold", m, f)
@@ -71,16 +95,21 @@ def foolsgold(W: Tensor, f: int, *, ctx, kappa: float) -> Tensor:
     previous = ctx.previous.detach()
     D, hostile = updates(W, previous)
     ids = worker_ids(ctx, k).to(D.device)
-    H = ctx.state.get("history")
-    need = int(ids.max()) + 1
-    if H is None or H.shape[0] < need:
-        grown = torch.zeros(need, D.shape[1], dtype=torch.float64, device=D.device)
-        if H is not None:
-            grown[: H.shape[0]] = H
-        H = grown
-    H[ids] += D  # hostile rows of D are zero: their history does not change
-    ctx.state["history"] = H
-    alpha = foolsgold_weights(H[ids], kappa).masked_fill(hostile, 0.0)
+    state = ctx.state
+    H = state.get("history")  # the sum of the updates of the iterations before this one
+    pending = state.get("pending")  # (iteration, ids, D): the last iteration's own call
+    if pending is not None and pending[0] != ctx.iteration:
+        H = _grown(H, int(pending[1].max()) + 1, D)
+        H[pending[1]] += pending[2]  # hostile rows of D are zero: their history is unchanged
+        pending = None
+    H = _grown(H, int(ids.max()) + 1, D)
+    state["history"], state["pending"] = H, pending
+    # Once per iteration: the call over all the rows the server received (not the k
+    # leave-one-out calls of a rejection defense, nor a repeated call in the same iteration)
+    # is the one added to the history, when the next iteration starts.
+    if getattr(ctx, "rows", 0) in (0, k):
+        state["pending"] = (ctx.iteration, ids, D)
+    alpha = foolsgold_weights(H[ids] + D, kappa).masked_fill(hostile, 0.0)
     report(ctx, alpha == 0)
     step = (alpha @ D) / k
     return (previous.to(torch.float64) + step).to(W.dtype)
