@@ -192,7 +192,8 @@ def test_more_than_an_hour_asks_on_a_terminal_and_warns_elsewhere(
 
 
 def test_ablation_dry_run_runs_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _long(monkeypatch, 0.1)
     store = tmp_path / "runs.sqlite"
     assert cli.main(["reproduce", "table7b", "--ablation", "copies", "--trials", "1",
