@@ -237,11 +237,24 @@ def _resolve(name: str, store: Any, args: argparse.Namespace) -> Any:
     for rec in store.sweeps():
         if rec["name"] == name:
             o = rec["options"]
+            if _asks_otherwise(o, args):
+                break  # the options asked for name another table than the one recorded
             return parse_spec(rec["spec"], f"recorded in {store.path}").effective(
                 trials=o.get("trials"), quick=bool(o.get("quick")), variant=o.get("variant"),
                 choices=o.get("choices"))
     return load_spec(name).effective(trials=args.trials, quick=args.quick,
                                      variant=args.variant, choices=args.choices)
+
+
+def _asks_otherwise(recorded: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether the command line sets --trials, --quick, --variant or --choices to something
+    other than what a recorded sweep was run with."""
+    asked = {"trials": getattr(args, "trials", None), "variant": getattr(args, "variant", None),
+             "choices": getattr(args, "choices", None)}
+    if any(v is not None and v != (recorded.get(k) or ({} if k == "choices" else None))
+           for k, v in asked.items()):
+        return True
+    return bool(getattr(args, "quick", False)) and not recorded.get("quick")
 
 
 def _option(parse: Any) -> Any:
