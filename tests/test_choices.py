@@ -387,3 +387,25 @@ def test_frame_cannot_change_a_trimmed_mean_or_median_server(rule: str) -> None:
         out[frame] = (agg(torch.cat([X, W[C:]])), mean(torch.cat([X, W[C:]]), C))
     assert torch.equal(out["model"][0], out["update"][0])
     assert not torch.allclose(out["model"][1], out["update"][1])
+
+
+def test_report_options_that_differ_from_a_recorded_sweep_are_not_ignored() -> None:
+    """``report --table table2a --choices legacy`` on a store that records ``table2a``
+    under the default readings must not show the recorded (default) table."""
+    import argparse
+
+    from fedpoison.cli.experiments import _asks_otherwise
+
+    recorded = {"quick": False, "trials": 10, "variant": None}
+
+    def ns(**kw: Any) -> argparse.Namespace:
+        return argparse.Namespace(**{"trials": None, "quick": False, "variant": None,
+                                     "choices": None, **kw})
+
+    assert not _asks_otherwise(recorded, ns())
+    assert not _asks_otherwise(recorded, ns(trials=10))
+    assert _asks_otherwise(recorded, ns(trials=3))
+    assert _asks_otherwise(recorded, ns(choices={"legacy": True}))
+    assert _asks_otherwise(recorded, ns(quick=True))
+    assert not _asks_otherwise({**recorded, "choices": {"legacy": True}},
+                               ns(choices={"legacy": True}))

@@ -189,3 +189,18 @@ def test_more_than_an_hour_asks_on_a_terminal_and_warns_elsewhere(
     store.unlink()
     assert cli.main(args) == 0 and "warning" not in capsys.readouterr().err
     assert calls == [2]  # estimated, under an hour: started without a question
+
+
+def test_ablation_dry_run_runs_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _long(monkeypatch, 0.1)
+    store = tmp_path / "runs.sqlite"
+    assert cli.main(["reproduce", "table7b", "--ablation", "copies", "--trials", "1",
+                     "--dry-run", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "table7b-copies=exact (copies=exact): 3 points × 1 trial(s)" in out
+    # the no-attack cell, which copies does not reach, is one run for all three alternatives
+    assert "ablation of copies: 7 distinct runs over 3 alternatives" in out
+    assert "estimate: " in out
+    assert len(calls) == 1 and not store.exists()

@@ -140,12 +140,17 @@ def _workers(args: argparse.Namespace) -> int:
 
 def _dry_run(spec: Any, points: int, args: argparse.Namespace) -> int:
     """Count the runs and estimate their time; the store is read, never created or changed."""
-    from fedpoison.errors import DataError
-    from fedpoison.experiments.estimate import estimate
-
     jobs, planned, stored = _jobs(spec, args.store)
     print(f"{spec.record_name}: {points} points × {spec.trials} trial(s) → {planned} "
           f"distinct runs; {stored} stored in {args.store}, {len(jobs)} to run")
+    return _estimate_jobs(jobs, args)
+
+
+def _estimate_jobs(jobs: list[Any], args: argparse.Namespace) -> int:
+    """Print the estimated wall time of ``jobs`` (a short calibration per run shape)."""
+    from fedpoison.errors import DataError
+    from fedpoison.experiments.estimate import estimate
+
     if not jobs:
         return 0
     try:
@@ -160,6 +165,30 @@ def _dry_run(spec: Any, points: int, args: argparse.Namespace) -> int:
                                                if cost.preparation else "")
               + f" → {_duration(cost.seconds)}")
     return 0
+
+
+def _dry_run_ablation(args: argparse.Namespace) -> int:
+    """``--dry-run`` with ``--ablation``: the runs of every alternative (a run two
+    alternatives share counted once) and their estimate; nothing is run or written."""
+    from fedpoison.experiments.presets import load_preset
+    from fedpoison.experiments.sweep import ablation_specs
+
+    values, specs = ablation_specs(load_preset(args.name), args.ablation, trials=args.trials,
+                                   quick=args.quick, variant=args.variant,
+                                   choices=args.choices)
+    jobs: dict[str, Any] = {}
+    keys: set[str] = set()
+    for value, spec in zip(values, specs, strict=True):
+        mine, planned, stored = _jobs(spec, args.store)
+        keys |= {p.key for p in spec.plan()}
+        print(f"{spec.record_name} ({args.ablation}={value}): {len(spec.points())} points × "
+              f"{spec.trials} trial(s) → {planned} distinct runs; {stored} stored, "
+              f"{len(mine)} to run")
+        for job in mine:
+            jobs.setdefault(job.key, job)
+    print(f"ablation of {args.ablation}: {len(keys)} distinct runs over {len(values)} "
+          f"alternatives; {len(keys) - len(jobs)} stored in {args.store}, {len(jobs)} to run")
+    return _estimate_jobs(list(jobs.values()), args)
 
 
 def _duration(seconds: float) -> str:
@@ -208,11 +237,24 @@ def _resolve(name: str, store: Any, args: argparse.Namespace) -> Any:
     for rec in store.sweeps():
         if rec["name"] == name:
             o = rec["options"]
+            if _asks_otherwise(o, args):
+                break  # the options asked for name another table than the one recorded
             return parse_spec(rec["spec"], f"recorded in {store.path}").effective(
                 trials=o.get("trials"), quick=bool(o.get("quick")), variant=o.get("variant"),
                 choices=o.get("choices"))
     return load_spec(name).effective(trials=args.trials, quick=args.quick,
                                      variant=args.variant, choices=args.choices)
+
+
+def _asks_otherwise(recorded: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether the command line sets --trials, --quick, --variant or --choices to something
+    other than what a recorded sweep was run with."""
+    asked = {"trials": getattr(args, "trials", None), "variant": getattr(args, "variant", None),
+             "choices": getattr(args, "choices", None)}
+    if any(v is not None and v != (recorded.get(k) or ({} if k == "choices" else None))
+           for k, v in asked.items()):
+        return True
+    return bool(getattr(args, "quick", False)) and not recorded.get("quick")
 
 
 def _option(parse: Any) -> Any:
@@ -423,6 +465,8 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     from fedpoison.report.outputs import note_for
     from fedpoison.report.tables import Ablation, collect, format_ablation
 
+    if args.dry_run:
+        return _dry_run_ablation(args)
     with ResultStore(args.store) as store:
         done = run_ablation(load_preset(args.name), args.ablation, store,
                             lambda: executor_from_args(args), trials=args.trials,

@@ -132,14 +132,12 @@ class AblationOutcome:
         return [f for o in self.outcomes for f in o.failed]
 
 
-def run_ablation(spec: SweepSpec, option: str, store: ResultStore,
-                 make_executor: Callable[[], Executor], *, trials: int | None = None,
-                 quick: bool = False, variant: str | None = None,
-                 choices: Mapping[str, Any] | None = None,
-                 progress: bool = True) -> AblationOutcome:
-    """Run ``spec`` (as written) once per alternative of ``option`` (``spec.alternatives``),
-    on top of ``choices``; every run of every alternative is validated before any starts.
-    Runs an alternative shares with another (points the option does not reach) run once."""
+def ablation_specs(spec: SweepSpec, option: str, *, trials: int | None = None,
+                   quick: bool = False, variant: str | None = None,
+                   choices: Mapping[str, Any] | None = None,
+                   ) -> tuple[tuple[Any, ...], list[SweepSpec]]:
+    """(the alternatives of ``option``, ``spec`` made effective once per alternative on top
+    of ``choices``); every run of every alternative is validated."""
     from fedpoison.errors import ConfigError
     from fedpoison.experiments.spec import alternatives
 
@@ -151,5 +149,18 @@ def run_ablation(spec: SweepSpec, option: str, store: ResultStore,
                             choices={**base, option: v}) for v in values]
     for s in specs:
         s.plan()
+    return tuple(values), specs
+
+
+def run_ablation(spec: SweepSpec, option: str, store: ResultStore,
+                 make_executor: Callable[[], Executor], *, trials: int | None = None,
+                 quick: bool = False, variant: str | None = None,
+                 choices: Mapping[str, Any] | None = None,
+                 progress: bool = True) -> AblationOutcome:
+    """Run ``spec`` (as written) once per alternative of ``option`` (``spec.alternatives``),
+    on top of ``choices``; every run of every alternative is validated before any starts.
+    Runs an alternative shares with another (points the option does not reach) run once."""
+    values, specs = ablation_specs(spec, option, trials=trials, quick=quick,
+                                   variant=variant, choices=choices)
     outcomes = [run_sweep(s, store, make_executor(), progress=progress) for s in specs]
     return AblationOutcome(option, values, specs, outcomes)
