@@ -187,6 +187,10 @@ CASES = [
          2, "fedpoison: error: --rule-opt:", "option beta: must be an integer ≥ 0, got -1"),
     Case("option-malformed", lambda t, mp: [*RUN, "--attack-opt", "epsilon"], 2,
          "fedpoison: error: --attack-opt:", "KEY=VALUE"),
+    Case("attack-target-needs-server-data",
+         lambda t, mp: [*RUN, "--rule", "fltrust", "--validation-size", "20", "--attack",
+                        "trimmed-mean", "--knowledge", "full"], 2,
+         "fedpoison: error: --attack-opt:", "needs the server's own data"),
     Case("unknown-rule", lambda t, mp: [*RUN, "--rule", "trimmed_mean"], 2,
          "fedpoison: error: --rule:", "did you mean 'trimmed-mean'"),
     # data (classes 3, 7 and 8; data errors exit 1)

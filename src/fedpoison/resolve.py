@@ -267,6 +267,14 @@ def resolve_attack(attack: str, attack_options: Mapping[str, Any], *, server_rul
     if goal is not None and goal not in spec.goals:
         raise ConfigError("goal", f"attack {name!r} supports goal {', '.join(spec.goals)}; "
                                   f"got {goal!r}")
+    if (target is not None and knowledge == "full"
+            and "server_data" in registry.get("rule", target).needs):
+        # The attacker runs its target rule on the models it sees; a rule that needs the
+        # server's own data (FLTrust's root set) cannot be run by the attacker.
+        raise ConfigError("attack-opt", f"attack {name!r} crafts against rule {target!r}, "
+                                        "which needs the server's own data: set "
+                                        "target_rule to another rule, e.g. "
+                                        "--attack-opt target_rule=trimmed-mean")
     if spec.check is not None and k is not None:
         try:
             spec.check(m=k, c=compromised, f=f, knowledge=knowledge, goal=goal, **options)
