@@ -31,6 +31,7 @@ copies limit, and the sampling of the copies; each is described where it is impl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -368,14 +369,8 @@ def sample_epsilon_ball(center: Tensor, count: int, epsilon: float,
     float32 on ``center``'s device. ``ε = 0`` (or an ``ε`` below float32 resolution) gives
     exact copies of ``center``.
     """
-    d = center.shape[0]
-    c32 = center.detach().float()
-    if count == 0:
-        return c32.new_empty((0, d))
-    if epsilon == 0:
-        return c32.unsqueeze(0).repeat(count, 1)
-    z, u = _directions(count, d, generator, c32.device)
-    return _place(c32, z, epsilon * u.pow(1.0 / d), epsilon)
+    return _sample_around(center, count, epsilon, generator,
+                          lambda u, d: epsilon * u.pow(1.0 / d))
 
 
 def sample_epsilon_radius(center: Tensor, count: int, epsilon: float,
@@ -386,6 +381,13 @@ def sample_epsilon_radius(center: Tensor, count: int, epsilon: float,
     fraction of ``ε``); the distances spread over [0, ε), mean ε/2. Same draws as
     :func:`sample_epsilon_ball` (a normalized Gaussian direction, then one uniform per row).
     """
+    return _sample_around(center, count, epsilon, generator, lambda u, d: epsilon * u)
+
+
+def _sample_around(center: Tensor, count: int, epsilon: float, generator: torch.Generator,
+                   radius: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """The draws both samplers share: a normalized Gaussian direction and one uniform ``u``
+    per row, placed at ``radius(u, d)`` from ``center``; exact copies when ``ε = 0``."""
     d = center.shape[0]
     c32 = center.detach().float()
     if count == 0:
@@ -393,7 +395,7 @@ def sample_epsilon_radius(center: Tensor, count: int, epsilon: float,
     if epsilon == 0:
         return c32.unsqueeze(0).repeat(count, 1)
     z, u = _directions(count, d, generator, c32.device)
-    return _place(c32, z, epsilon * u, epsilon)
+    return _place(c32, z, radius(u, d), epsilon)
 
 
 def sample_copies(center: Tensor, count: int, epsilon: float, generator: torch.Generator,
