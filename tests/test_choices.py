@@ -242,6 +242,20 @@ def test_choices_reach_only_components_that_declare_them() -> None:
         load_spec("table2a").effective(choices={"nonsense": 1})
 
 
+def test_cli_choices_read_config_fields_as_yaml_would() -> None:
+    """``--choices lr=0.1`` is the number 0.1 (it used to reach RunConfig as the string
+    '0.1' and fail validation); component options keep their text for their own check."""
+    from fedpoison.experiments.spec import parse_choices
+
+    got = parse_choices("legacy, lr=0.1, iterations=20, f=null, direction=mean, copies=1")
+    assert got == {"legacy": True, "lr": 0.1, "iterations": 20, "f": None,
+                   "direction": "mean", "copies": "1"}
+    spec = load_spec("table2e").effective(quick=True, choices=parse_choices("lr=0.1"))
+    assert {RunConfig.from_dict(p.config).resolve().lr for p in spec.points()} == {0.1}
+    with pytest.raises(ConfigError, match="one value"):
+        parse_choices("lr={a: 1}")
+
+
 # ------------------------------------------------------------------------- ablation
 _g = torch.Generator().manual_seed(1234)
 _X = torch.rand(240, 12, generator=_g)

@@ -398,7 +398,8 @@ def check_choices(choices: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def parse_choices(text: str | None) -> dict[str, Any]:
-    """``"legacy,direction=mean"`` -> ``{"legacy": True, "direction": "mean"}``."""
+    """``"legacy,direction=mean,lr=0.1"`` -> ``{"legacy": True, "direction": "mean",
+    "lr": 0.1}``."""
     out: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         key, eq, value = part.partition("=")
@@ -409,9 +410,23 @@ def parse_choices(text: str | None) -> dict[str, Any]:
             out[LEGACY] = True
         elif not key or not value.strip():
             raise ConfigError("choices", f"{part!r}: give KEY=VALUE or legacy")
+        elif key in CONFIG_FIELDS:
+            out[key] = _scalar(value.strip(), part)
         else:
-            out[key] = value.strip()
+            out[key] = value.strip()  # a component option checks and converts its own
     return out
+
+
+def _scalar(text: str, part: str) -> Any:
+    """A config field's value written on the command line, read as the same value in a
+    preset's YAML would be (``lr=0.1`` is the number 0.1, ``f=null`` is None)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, list | dict):
+        raise ConfigError("choices", f"{part!r}: give one value")
+    return value
 
 
 def choices_text(choices: Mapping[str, Any]) -> str:
