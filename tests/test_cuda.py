@@ -18,8 +18,9 @@ from fedpoison import registry
 from fedpoison.attacks import AttackContext
 from fedpoison.config import RunConfig
 from fedpoison.errors import ConfigError
+from fedpoison.notes import settle_notes
 from fedpoison.server import BoundPreaggregator, ServerContext, ServerData, bind_pipeline, bind_rule
-from fedpoison.simulation import run
+from fedpoison.simulation import prepare, run
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -228,3 +229,27 @@ def test_simulation_on_cuda_gives_the_cpu_curves(label: str) -> None:
         assert abs(l_gpu - l_cpu) <= 1e-3 * abs(l_cpu), f"{label}: loss at iteration {t}: " \
                                                        f"cuda {l_gpu} vs cpu {l_cpu}"
 
+
+
+@needs_cuda
+@pytest.mark.parametrize("model", ["lr", "cnn"])
+@pytest.mark.parametrize("rule", ["mean", "trimmed-mean", "median"])
+def test_an_iteration_never_waits_for_the_device(model: str, rule: str) -> None:
+    """Issue 16: without an attack, an iteration on CUDA (batch draw, upload, local
+    training, aggregation, diagnostics) never makes the host wait for the device; only
+    reading the evaluation's scalars does. ``set_sync_debug_mode("error")`` raises on any
+    synchronizing call (``.item()``, ``bool(tensor)``, a blocking copy, ``nonzero``)."""
+    setup = prepare(tiny(rule=rule, model=model, device="cuda"))
+    notes: dict[str, list[object]] = {}
+    w = setup.step(setup.w0, 1, notes)  # warm-up: allocators, pinned host blocks
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for t in (2, 3, 4):
+            w = setup.step(w, t, notes)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    settle_notes(notes)
+    assert len(notes["against_mean_direction"]) == 4
+    assert all(isinstance(v, float) for v in notes["against_mean_direction"])
+    assert bool(torch.isfinite(w).all())

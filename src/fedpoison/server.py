@@ -19,9 +19,8 @@ import torch
 from torch import Tensor
 
 from fedpoison import registry
+from fedpoison.notes import Notes, note_value
 from fedpoison.registry import Bound, PreaggregatorSpec, RuleSpec
-
-Notes = dict[str, list[float]]
 
 
 @dataclass
@@ -54,9 +53,9 @@ class ServerContext:
     rows: int = 0  # rows of the W this component is given
     removed: Tensor | None = None  # set by remove()
 
-    def note(self, name: str, value: float) -> None:
+    def note(self, name: str, value: float | Tensor) -> None:
         if self.notes is not None:
-            self.notes.setdefault(name, []).append(float(value))
+            self.notes.setdefault(name, []).append(note_value(value))
 
     def remove(self, rows: Tensor) -> None:
         """Record which rows of its ``W`` this component removed or gave no weight (a bool
@@ -271,7 +270,7 @@ class Server:
                 and not self.pipeline.preaggs):
             # Did a selecting rule (Krum) pick one of the crafted models?
             notes.setdefault("selected_crafted", []).append(
-                float(bool((W[crafted] == w).all(1).any())))
+                note_value((W[crafted] == w).all(1).any()))
         return w
 
     def __call__(self, W: Tensor, previous: Tensor, t: int, notes: Notes | None = None,

@@ -32,6 +32,7 @@ from fedpoison.data import Dataset, Partition, load
 from fedpoison.defenses.base import BoundDefense
 from fedpoison.errors import ConfigError
 from fedpoison.models import build_model
+from fedpoison.notes import note_value, settle_notes
 from fedpoison.progress import Bar, Progress, bar_factory
 from fedpoison.rng import generator
 from fedpoison.server import Notes, Server, ServerData, bind_pipeline
@@ -121,11 +122,12 @@ class RunResult:
         }
 
 
-def summarize_notes(notes: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+def summarize_notes(notes: Notes) -> dict[str, dict[str, float]]:
     """Per diagnostic: how many iterations reported it and the mean, median, min and max of
     its values (for a 0/1 flag the mean is the fraction of those iterations where it held).
     Non-finite values are left out of the statistics."""
     out: dict[str, dict[str, float]] = {}
+    settle_notes(notes)
     for name, values in sorted(notes.items()):
         v = sorted(x for x in values if math.isfinite(x))
         if not v:
@@ -237,10 +239,12 @@ def attack_and_aggregate(server: Server, adversary: Adversary, W: Tensor, worker
     w_next = server.aggregate(W, w, t, notes, crafted, workers)
     if server.removed is not None:
         detection.add(server.removed, adversary.is_compromised[workers])
+    # the share of moved coordinates that went against it; 0 / 0 = NaN when none moved.
+    # Kept on the device (notes are read at evaluations), so no iteration waits for it.
     moved = mean_direction != 0
+    against = (torch.sign(w_next - w) != mean_direction) & moved
     notes.setdefault("against_mean_direction", []).append(
-        float((torch.sign(w_next - w)[moved] != mean_direction[moved]).float().mean())
-        if bool(moved.any()) else math.nan)
+        note_value(against.sum().to(torch.float32) / moved.sum().to(torch.float32)))
     _lap(timings, "aggregate", toc)
     return w_next
 

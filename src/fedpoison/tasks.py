@@ -127,6 +127,14 @@ class Task:
         self.x_test = dataset.x_test.to(self.device)
         self.y_test = dataset.y_test.to(self.device)
 
+    def _upload(self, t: Tensor) -> Tensor:
+        """A batch drawn on the host (``sample_batches``) onto the task's device. To a GPU it
+        goes through pinned memory without waiting: a plain copy from pageable memory makes
+        the host wait until the device has finished all queued work, every step."""
+        if self.device.type != "cuda" or t.device.type != "cpu":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     @property
     def dim(self) -> int:
         return self.model.dim
@@ -176,7 +184,7 @@ class Task:
         in blocks of workers on CPU, so that each block's gathered inputs stay in the L2
         cache between the two products that read them (per-worker results do not depend on
         the blocks, so a Flower node stepping one worker computes the same numbers)."""
-        idx, mask = idx.to(self.device), mask.to(self.device)
+        idx, mask = self._upload(idx), self._upload(mask)
         x_rows = self._x_rows if inputs is None else inputs
         y = labels.index_select(0, idx.reshape(-1)).view(idx.shape)
         fused = getattr(self.model, "sgd_step_", None)
@@ -217,7 +225,7 @@ class Task:
         x_rows = self._x_rows if inputs is None else inputs
         for _ in range(rounds):
             idx, mask = sample_batches(self.partition, workers, self.batch_size, generator)
-            idx, mask = idx.to(self.device), mask.to(self.device)
+            idx, mask = self._upload(idx), self._upload(mask)
             x = x_rows.index_select(0, idx.view(-1)).view(*idx.shape, *self._input_shape)
             g = self.model.batched_grad(W, x, labels[idx], mask)
             if weight_decay:

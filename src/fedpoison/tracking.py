@@ -208,7 +208,10 @@ class RunLog:
             t.start(config, key)
 
     def evaluation(self, step: int, evaluation: Mapping[str, Any],
-                   notes: Mapping[str, list[float]]) -> None:
+                   notes: dict[str, list[Any]]) -> None:
+        from fedpoison.notes import settle_notes
+
+        settle_notes(notes)  # values still on the device become floats, in one transfer
         metrics: dict[str, float] = {}
         for name, value in evaluation.items():
             if isinstance(value, int | float) and not isinstance(value, bool):

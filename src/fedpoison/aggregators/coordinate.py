@@ -78,6 +78,8 @@ def sort_workers(W: Tensor) -> Tensor:
             np.copyto(S_np, np.inf, where=np.isnan(S_np))
         return torch.from_numpy(S_np)
     S = torch.sort(W, dim=0).values  # torch also sorts NaN last
+    if S.device.type == "cuda":  # no test on the host: it would wait for the device
+        return torch.nan_to_num(S, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf)
     if S.shape[0] and bool(torch.isnan(S[-1]).any()):
         S = torch.where(torch.isnan(S), torch.inf, S)
     return S

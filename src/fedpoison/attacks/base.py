@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from fedpoison.notes import note_value
 from fedpoison.progress import Bar, Progress, bar_factory
 
 Knowledge = Literal["full", "partial"]
@@ -54,10 +55,10 @@ class AttackContext:
     init: Callable[[torch.Generator], Tensor] | None = None
     state: dict[str, Any] | None = None
 
-    def note(self, name: str, value: float) -> None:
+    def note(self, name: str, value: float | Tensor) -> None:
         """Record one value of the diagnostic ``name`` (a no-op unless ``notes`` was given)."""
         if self.notes is not None:
-            self.notes.setdefault(name, []).append(float(value))
+            self.notes.setdefault(name, []).append(note_value(value))
 
     def aggregate(self, W: Tensor) -> Tensor:
         """The target rule (with the server's ``f``) applied to ``W``.

@@ -44,6 +44,7 @@ from fedpoison.defenses.base import BoundDefense
 from fedpoison.errors import ConfigError
 from fedpoison.flower.adversary import RedTeam, grow, idle
 from fedpoison.flower.arrays import BadReply, Layout
+from fedpoison.notes import settle_notes
 from fedpoison.resolve import check_int, resolve_defense
 from fedpoison.rng import generator
 from fedpoison.server import Notes, Server, ServerData, bind_pipeline
@@ -369,6 +370,7 @@ class FedpoisonStrategy(FedAvg):
                                       server_round, self.notes, self.detection, self.timings)
         self.rounds += 1
         metrics["fedpoison-crafted"] = crafted
+        settle_notes(self.notes)  # one transfer for this round's diagnostics
         for name, values in self.notes.items():
             if len(values) > before.get(name, 0):
                 metrics[f"fedpoison-{name}"] = float(values[-1])
