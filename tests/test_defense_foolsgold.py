@@ -139,6 +139,30 @@ def test_history_updated_once_per_iteration_under_leave_one_out() -> None:
     torch.testing.assert_close(foolsgold_history(plain), (W1 + W2).double())
 
 
+def test_leave_one_out_calls_see_their_own_workers_histories() -> None:
+    """B[i] of the leave-one-out (what ERR/LFR compare) is FoolsGold on the other rows with
+    *their* worker ids: each row is weighted by its own worker's history. (The rows used to
+    be matched to ids 0..k-2, i.e. to other workers' histories.)"""
+    g = torch.Generator().manual_seed(5)
+    d, k = 8, 5
+    previous = torch.zeros(d)
+    ids = torch.tensor([3, 7, 8, 11, 20])
+    W1, W2 = torch.randn(k, d, generator=g), torch.randn(k, d, generator=g)
+    W1[:2] = W1[0]  # workers 3 and 7 alike in the first iteration: history matters
+    bound = bind_rule("foolsgold")
+    state: dict = {}
+    bound(W1, 1, context(previous, rows=k, state=state, workers=ids))
+    before = foolsgold_history(state).clone()  # the first iteration's updates, by id
+    ctx = context(previous, rows=k, state=state, workers=ids, iteration=2)
+    _, B = bound.with_and_without(W2, 1, ctx)
+    for i in range(k):
+        keep = torch.arange(k) != i
+        snapshot = {"history": before.clone(), "pending": None}
+        want = bound(W2[keep], 1, context(previous, rows=k, state=snapshot,
+                                          workers=ids[keep], iteration=2))
+        torch.testing.assert_close(B[i], want, rtol=0, atol=0)
+
+
 def test_same_seed_same_numbers_and_no_state_leak() -> None:
     a = toy_run(rule="foolsgold", attack="label-flip")
     toy_run(rule="foolsgold", attack="krum", seed=3)  # another run in between

@@ -10,6 +10,7 @@ generator. The paper's rules stay pure ``(W, f)`` kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,20 +121,35 @@ class BoundRule(Bound):
         fast = self.spec.with_and_without
         if fast is not None and not self.spec.needs:
             return fast(W, f, **self.options)
-        return loop_with_and_without(lambda X: self(X, f, ctx), W)
+        return loop_with_and_without(lambda X, keep: self(X, f, without(ctx, keep)), W,
+                                     pass_keep=True)
 
 
-def loop_with_and_without(aggregate: Callable[[Tensor], Tensor], W: Tensor
-                          ) -> tuple[Tensor, Tensor]:
-    """The reference leave-one-out: one aggregation of all rows and one without each row."""
+def without(ctx: ServerContext | None, keep: Tensor | None) -> ServerContext | None:
+    """The context of a leave-one-out call on the rows ``keep`` of the server's ``W``: the
+    worker ids of those rows (a rule that keeps per-worker state, e.g. FoolsGold's
+    histories, must see whose rows it got), ``rows`` still the server's count (how such a
+    rule tells a leave-one-out call from the iteration's own), the same state and notes."""
+    if ctx is None or keep is None or ctx.workers is None or ctx.workers.numel() != keep.numel():
+        return ctx
+    return dataclasses.replace(ctx, workers=ctx.workers[keep.to(ctx.workers.device)],
+                               removed=None)
+
+
+def loop_with_and_without(aggregate: Callable[..., Tensor], W: Tensor, *,
+                          pass_keep: bool = False) -> tuple[Tensor, Tensor]:
+    """The reference leave-one-out: one aggregation of all rows and one without each row.
+
+    With ``pass_keep``, ``aggregate(X, keep)`` is also given the bool mask of ``W``'s rows
+    in ``X`` (``None`` for all of them)."""
     k = W.shape[0]
     keep = torch.ones(k, dtype=torch.bool, device=W.device)
     out = []
     for i in range(k):
         keep[i] = False
-        out.append(aggregate(W[keep]))
+        out.append(aggregate(W[keep], keep.clone()) if pass_keep else aggregate(W[keep]))
         keep[i] = True
-    return aggregate(W), torch.stack(out)
+    return (aggregate(W, None) if pass_keep else aggregate(W)), torch.stack(out)
 
 
 class BoundPreaggregator(Bound):
@@ -195,7 +211,8 @@ class Pipeline:
                          ) -> tuple[Tensor, Tensor]:
         if not self.preaggs:
             return self.rule.with_and_without(W, f, ctx)
-        return loop_with_and_without(lambda X: self(X, f, ctx), W)
+        return loop_with_and_without(lambda X, keep: self(X, f, without(ctx, keep)), W,
+                                     pass_keep=True)
 
 
 def bind_rule(name: str, options: Mapping[str, Any] | None = None) -> BoundRule:
