@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.cluster import MeanShift, estimate_bandwidth
 from torch import Tensor
 
 from fedpoison.aggregators.mean import check_count, check_matrix
@@ -54,6 +53,8 @@ def sign_features(block: Tensor) -> np.ndarray:
 
 def largest_sign_cluster(features: np.ndarray, seed: int) -> np.ndarray:
     """Bool mask [k] of the largest Mean-Shift cluster of the sign features."""
+    from sklearn.cluster import MeanShift, estimate_bandwidth  # imported here: ~0.5 s
+
     k = features.shape[0]
     bandwidth = estimate_bandwidth(features, quantile=0.5, n_samples=min(50, k),
                                    random_state=seed)
