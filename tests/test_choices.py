@@ -348,6 +348,19 @@ def test_rounding_of_the_paper_value_counts_as_inside() -> None:
     assert PointStats(point, [0.2], 1, 0.12).paper_outside is None
 
 
+def test_interval_of_a_rate_stays_within_0_and_1() -> None:
+    """Three trials at 0.0, 0.0, 0.1: the raw t-interval reaches −0.11; an error rate's is
+    cut at 0 (and 1), a loss's is not."""
+    from fedpoison.report.tables import PointStats, t_interval
+
+    point = load_spec("table2a").effective(quick=True).points()[0]
+    raw = t_interval([0.0, 0.0, 0.1])
+    assert raw is not None and raw[0] < -0.1 and raw[1] > 0.17
+    assert PointStats(point, [0.0, 0.0, 0.1], 3, None).ci == (0.0, raw[1])
+    assert PointStats(point, [1.0, 1.0, 0.9], 3, None).ci[1] == 1.0  # type: ignore[index]
+    assert PointStats(point, [0.0, 0.0, 0.1], 3, None, rate=False).ci == raw
+
+
 # ---------------------------------------------------------------------- quick label
 def test_quick_dnn_tables_say_they_are_early_training() -> None:
     from fedpoison.report.outputs import note_for

@@ -38,6 +38,7 @@ class PointStats:
     elsewhere: int = 0  # missing trials that another version computed (not shown)
     keys: list[str] = field(default_factory=list)  # store keys of ``values``, in order
     undefined: int = 0  # stored trials without this metric (an ASR without a backdoor)
+    rate: bool = True  # the metric is a rate in [0, 1] (errors, ASR), not a loss
 
     @property
     def mean(self) -> float:
@@ -56,8 +57,12 @@ class PointStats:
     @property
     def ci(self) -> tuple[float, float] | None:
         """95 % confidence interval of the mean: a t-interval over the trials (sample std,
-        n − 1 degrees of freedom); None below two trials."""
-        return t_interval(self.values)
+        n − 1 degrees of freedom), cut to [0, 1] for a rate (a mean rate cannot leave it;
+        with 3 trials the raw interval often reaches below 0); None below two trials."""
+        interval = t_interval(self.values)
+        if interval is None or not self.rate:
+            return interval
+        return max(0.0, interval[0]), min(1.0, interval[1])
 
     @property
     def paper_outside(self) -> bool | None:
@@ -141,7 +146,8 @@ def collect(spec: SweepSpec, store: ResultStore, any_version: bool = False
     else:
         other = {}
     loss = store.metrics(keys.values(), "final_loss")
-    stats = [PointStats(pt, [], 0, _paper(spec, pt)) for pt in points]
+    rate = spec.metric != "final_loss"
+    stats = [PointStats(pt, [], 0, _paper(spec, pt), rate=rate) for pt in points]
     for p in plan:
         s = stats[p.point]
         s.expected += 1
@@ -250,8 +256,9 @@ NON_FINITE_NOTE = ("†n: in n trials the final global model's test cross-entrop
 UNDEFINED_NOTE = ("n/a: the metric does not apply to these runs (an attack success rate is "
                   "measured only for an attack that plants a backdoor).")
 SPREAD_NOTE = ("± is the standard deviation over trials (population); [lo, hi] the 95 % "
-               "confidence interval of the mean (t-interval, n − 1 degrees of freedom); a cell "
-               "with one trial shows neither: no spread was measured.")
+               "confidence interval of the mean (t-interval, n − 1 degrees of freedom, cut to "
+               "[0, 1] for a rate); a cell with one trial shows neither: no spread was "
+               "measured.")
 OUTSIDE_NOTE = ("∉: the 95 % interval excludes the paper's value, read as the range its "
                 "printed digits stand for (0.52: [0.515, 0.525]).")
 OTHER_VERSION_NOTE = ("‡n: n trials were computed by another version of fedpoison's source "
