@@ -70,7 +70,7 @@ def _mean_rows(W: Tensor) -> Tensor:
     overflow = ~torch.isfinite(out)
     if W.device.type == "cuda":  # the same, without making the host wait for the device
         overflow &= torch.isfinite(W).all(dim=0)
-        return torch.where(overflow, W.to(torch.float64).mean(dim=0).to(W.dtype), out)
+        return torch.where(overflow, W.mean(dim=0, dtype=torch.float64).to(W.dtype), out)
     if bool(overflow.any()):
         overflow &= torch.isfinite(W).all(dim=0)
         if bool(overflow.any()):

@@ -133,5 +133,6 @@ register_model(
               "over a tabular row (the authors' group code's 'dnn2'; docs/choices.md)",
     summary="1×F row: conv 1×1 ×30, conv 1×1 ×50, FC 200, L; closed-form batched gradient",
     inputs=("tabular",),
+    # α = 0.1, the CNN's; not tuned (docs/results.md, "Table 2(e) re-examined")
     defaults=lambda ds: {"lr": 0.1},
 )
