@@ -70,10 +70,11 @@ def test_non_finite_runs_are_marked(tmp_path: Path) -> None:
             store.put(job.key, result)
         stats = collect(spec, store)
     md = format_markdown(spec, stats)
-    assert "| 0.600 ± 0.400 [-4.482, 5.682] †1 (paper 0.29) |" in md
+    # an error rate's 95 % interval is cut to [0, 1]
+    assert "| 0.600 ± 0.400 [0.000, 1.000] †1 (paper 0.29) |" in md
     assert md.count("†1") == 1 and "test cross-entropy was not finite" in md
     assert format_csv(spec, stats).splitlines()[-1] == (
-        "median,full,0.600000,0.400000,2,0.29,1,0,-4.482482,5.682482,false")
+        "median,full,0.600000,0.400000,2,0.29,1,0,0.000000,1.000000,false")
 
 
 def test_runs_of_another_source_version(tmp_path: Path,
@@ -123,7 +124,7 @@ def test_long_table_for_three_axes() -> None:
     stats = [PointStats(p, [0.2, 0.3], 2, None) for p in spec.points()]
     md = format_markdown(spec, stats)
     assert "| rule | noniid | attack | final_error (mean ± std) |" in md
-    assert "| median | 0.5 | label-flip | 0.250 ± 0.050 [-0.385, 0.885] |" in md
+    assert "| median | 0.5 | label-flip | 0.250 ± 0.050 [0.000, 0.885] |" in md
 
 
 def test_one_trial_shows_no_spread_and_no_paper_without_paper_values() -> None:
@@ -135,14 +136,14 @@ def test_one_trial_shows_no_spread_and_no_paper_without_paper_values() -> None:
     stats = collect_synthetic(spec, {0: [0.2], 1: [0.25, 0.35], 2: [], 3: [0.4]})
     md = format_markdown(spec, stats)
     assert "| rule ↓ attack → | none | gaussian |" in md
-    assert "| mean | 0.200 | 0.300 ± 0.050 [-0.335, 0.935] |" in md
+    assert "| mean | 0.200 | 0.300 ± 0.050 [0.000, 0.935] |" in md
     assert "| median | – | 0.400 |" in md
     assert "paper" not in md and "0.200 ±" not in md and "∉" not in md
     lines = format_csv(spec, stats).splitlines()
     assert lines[0] == ("rule,attack,ours_mean,ours_std,trials,non_finite,other_version,"
                         "ci95_low,ci95_high")
     assert lines[1] == "mean,none,0.200000,,1,0,0,,"
-    assert lines[2] == "mean,gaussian,0.300000,0.050000,2,0,0,-0.335310,0.935310"
+    assert lines[2] == "mean,gaussian,0.300000,0.050000,2,0,0,0.000000,0.935310"
     assert stats[0].to_json()["ours_std"] is None
     assert stats[1].to_json()["ours_std"] == 0.05
 
