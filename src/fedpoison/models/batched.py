@@ -106,6 +106,15 @@ def linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
 
 
+def cross_entropy_grad(z: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """d/dz of each worker's mean cross-entropy over its batch: z [k, n, L] logits, y [k, n]
+    labels, mask [k, n] (False on padding) -> (softmax(z) − onehot(y))·mask/|B_i|."""
+    weight = mask.to(z.dtype) / mask.sum(1, keepdim=True).clamp_min(1).to(z.dtype)
+    dz = torch.softmax(z, 2)
+    dz.scatter_add_(2, y[:, :, None], torch.full_like(dz[:, :, :1], -1.0))
+    return dz.mul_(weight[:, :, None])
+
+
 def add_channel_bias_(h: Tensor, b: Tensor) -> Tensor:
     """In place: stacked h [B, k·C, H, W] += per-worker bias b [k, C]. Only for an ``h`` that
     no autograd node has saved (e.g. a pooling output)."""

@@ -21,6 +21,7 @@ from fedpoison.models.batched import (
     CPU_BLOCK_EXAMPLES,
     MEMORY_BUDGET,
     add_channel_bias_,
+    cross_entropy_grad,
     linear,
     stack_images,
     worker_chunks,
@@ -168,10 +169,7 @@ class CNN(AutogradReference):
             z, s = self._forward(P, x, True)
             GP = self.layout.split(G)
             # cross-entropy: d/dz of Σ_i (1/|B_i|) Σ_n CE_n is (softmax − onehot)·mask/|B_i|
-            weight = mask.to(z.dtype) / mask.sum(1, keepdim=True).clamp_min(1).to(z.dtype)
-            dz = torch.softmax(z, 2)
-            dz.scatter_add_(2, y[:, :, None], torch.full_like(dz[:, :, :1], -1.0))
-            dz.mul_(weight[:, :, None])
+            dz = cross_entropy_grad(z, y, mask)
             h, f, a2 = s["h"], s["f"], s["a2"]
             torch.bmm(dz.transpose(1, 2), h, out=GP["fc2.weight"])
             torch.sum(dz, 1, out=GP["fc2.bias"])

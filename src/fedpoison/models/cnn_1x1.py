@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedpoison.models.batched import linear
+from fedpoison.models.batched import cross_entropy_grad, linear
 from fedpoison.models.flat import AutogradReference, FlatLayout, pytorch_default_init
 from fedpoison.registry import register_model
 
@@ -81,10 +81,7 @@ class CNN1x1(AutogradReference):
         P = self.layout.split(W)
         x = x.reshape(k, B, -1)
         h1, h2, flat, h3, z = self._forward(P, x)
-        weight = mask.to(z.dtype) / mask.sum(1, keepdim=True).clamp_min(1).to(z.dtype)
-        dz = torch.softmax(z, 2)
-        dz.scatter_add_(2, y[:, :, None], torch.full_like(dz[:, :, :1], -1.0))
-        dz.mul_(weight[:, :, None])
+        dz = cross_entropy_grad(z, y, mask)
         G = torch.empty_like(W)
         GP = self.layout.split(G)
         torch.bmm(dz.transpose(1, 2), h3, out=GP["out.weight"])

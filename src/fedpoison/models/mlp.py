@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedpoison.models.batched import linear
+from fedpoison.models.batched import cross_entropy_grad, linear
 from fedpoison.models.flat import AutogradReference, FlatLayout, pytorch_default_init
 from fedpoison.registry import register_model
 
@@ -62,10 +62,7 @@ class MLP(AutogradReference):
         x = x.reshape(k, B, -1)
         h = linear(x, P["fc1.weight"], P["fc1.bias"]).relu_()
         z = linear(h, P["fc2.weight"], P["fc2.bias"])
-        weight = mask.to(z.dtype) / mask.sum(1, keepdim=True).clamp_min(1).to(z.dtype)
-        dz = torch.softmax(z, 2)
-        dz.scatter_add_(2, y[:, :, None], torch.full_like(dz[:, :, :1], -1.0))
-        dz.mul_(weight[:, :, None])
+        dz = cross_entropy_grad(z, y, mask)
         G = torch.empty_like(W)
         GP = self.layout.split(G)
         torch.bmm(dz.transpose(1, 2), h, out=GP["fc2.weight"])
