@@ -127,7 +127,8 @@ def _build(ds: object) -> CNN1x1:
 register_model(
     "cnn-1x1", _build,
     reference="Fang et al., USENIX Security 2020, Table 7a read with 1×1 kernels and pools "
-              "over a tabular row (the authors' group code's 'dnn2'; docs/choices.md)",
+              "over a tabular row ('dnn2' in code descended from the authors' group; "
+              "docs/choices.md)",
     summary="1×F row: conv 1×1 ×30, conv 1×1 ×50, FC 200, L; closed-form batched gradient",
     inputs=("tabular",),
     # α = 0.1, the CNN's; not tuned (docs/results.md, "Table 2(e) re-examined")
