@@ -124,17 +124,19 @@ class Terms:
 def distance_terms(ref: Reference) -> Terms:
     """The :class:`Terms` of ``ref``: ``aᵢ = ‖μ − Δᵢ‖²``, ``bᵢ = pᵀ(μ − Δᵢ)``, ``pp = ‖p‖²``,
     ``D2[i, j] = ‖Δᵢ − Δⱼ‖²`` (clamped at 0), all from ``G = (Δ − μ)(Δ − μ)ᵀ``."""
-    Cn = (ref.U - ref.mu).cpu().numpy()  # centred on the mean: no cancellation
-    p = ref.p.cpu().numpy()
+    # The products run in torch, not NumPy: NumPy's BLAS threads and torch's would spin
+    # against each other on the same cores and slow the whole iteration (docs/design.md).
+    C = ref.U - ref.mu  # centred on the mean: no cancellation
+    G = (C @ C.T).cpu().numpy()
+    b = -(C @ ref.p).cpu().numpy()
+    pp = float(ref.p @ ref.p)
+    Cfinite = torch.isfinite(C).all(dim=1).cpu().numpy()
     with np.errstate(invalid="ignore", over="ignore"):
-        G = Cn @ Cn.T
         a = np.diagonal(G).copy()
         D2 = np.maximum(a[:, None] + a[None, :] - 2.0 * G, 0.0)
-        b = -(Cn @ p)
-        pp = float(p @ p)
     # A row with NaN or ±Inf (or overflowing) is infinitely far from every other, as in
     # aggregators.krum.pairwise_sq_distances.
-    bad = ~(np.isfinite(Cn).all(axis=1) & np.isfinite(a))
+    bad = ~(Cfinite & np.isfinite(a))
     D2[np.isnan(D2)] = np.inf
     D2[bad, :] = np.inf
     D2[:, bad] = np.inf
