@@ -87,3 +87,81 @@ def test_runs_seeded_and_reproducible() -> None:
     a, b = fedpoison.run(cfg, dataset=ds), fedpoison.run(cfg, dataset=ds)
     c = fedpoison.run(fedpoison.RunConfig(**{**cfg.to_dict(), "seed": 3}), dataset=ds)
     assert a.loss_curve == b.loss_curve and a.loss_curve != c.loss_curve
+
+
+def loo_reference(W: torch.Tensor, s: int, seed: int, rule: str, f: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain loop: one shuffle; without row i, i leaves its bucket (an emptied bucket goes)."""
+    perm = torch.randperm(W.shape[0], generator=torch.Generator().manual_seed(seed)).tolist()
+    groups = [perm[k : k + s] for k in range(0, len(perm), s)]
+    X = W.to(torch.float64)
+    agg = bind_pipeline(rule, {}, []).rule
+
+    def means(gs: list[list[int]]) -> torch.Tensor:
+        return torch.stack([X[g].mean(dim=0) for g in gs if g]).to(torch.float32)
+
+    full = agg(means(groups), f)
+    without = [agg(means([[r for r in g if r != i] for g in groups]), f)
+               for i in range(W.shape[0])]
+    return full, torch.stack(without)
+
+
+@pytest.mark.parametrize(("m", "s", "rule"), [(10, 2, "mean"), (11, 2, "median"),
+                                              (10, 3, "trimmed-mean"), (7, 1, "median"),
+                                              (9, 4, "mean")])
+def test_leave_one_out_keeps_the_shuffle_and_drops_the_row_from_its_bucket(
+        m: int, s: int, rule: str) -> None:
+    W = torch.randn(m, 6, generator=torch.Generator().manual_seed(m + s))
+    W[1] = float("inf")  # a hostile row: its partners' mean without it stays exact
+    W[2, 3] = 1e38
+    pipe = bind_pipeline(rule, {}, [("bucketing", {"s": s})])
+    A, B = pipe.with_and_without(W, 1, context(4, m))
+    refA, refB = loo_reference(W, s, 4, rule, 1)
+    torch.testing.assert_close(A, refA, rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(B, refB, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert torch.isfinite(B[1]).all()  # without the hostile row, no bucket holds an Inf
+
+
+def test_leave_one_out_draws_one_permutation_and_fresh_one_per_call() -> None:
+    m = 12
+    W = torch.randn(m, 3, generator=torch.Generator().manual_seed(1))
+    for option, sizes in (("same", [m]), ("fresh", [m - 1] * m + [m])):
+        pipe = bind_pipeline("median", {}, [("bucketing", {"s": 2, "leave_one_out": option})])
+        ctx = context(9, m)
+        pipe.with_and_without(W, 1, ctx)
+        g = torch.Generator().manual_seed(9)
+        for n in sizes:
+            torch.randperm(n, generator=g)
+        assert torch.equal(ctx.generator.get_state(), g.get_state()), option
+
+
+def test_fresh_leave_one_out_runs_the_pipeline_once_per_left_out_row() -> None:
+    from fedpoison.server import loop_with_and_without
+
+    W = torch.randn(10, 4, generator=torch.Generator().manual_seed(2))
+    pipe = bind_pipeline("median", {}, [("bucketing", {"s": 2, "leave_one_out": "fresh"})])
+    A, B = pipe.with_and_without(W, 1, context(3, 10))
+    ctx = context(3, 10)
+    refA, refB = loop_with_and_without(lambda X: pipe(X, 1, ctx), W)
+    assert torch.equal(A, refA) and torch.equal(B, refB)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_median_with_rows_replaced_is_the_median_of_each_replaced_matrix(
+        n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedpoison.aggregators import leave_one_out
+    from fedpoison.aggregators.coordinate import median, median_with_rows_replaced
+
+    monkeypatch.setattr(leave_one_out, "CHUNK_BYTES", 8 * 64 * 3)  # several column chunks
+    g = torch.Generator().manual_seed(n)
+    W = torch.randint(-3, 4, (n, 300), generator=g).to(torch.float32)  # many ties
+    W[0, :7] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e38, -1e38, 0.0, 2.5])
+    k = 3 * n
+    rows = torch.randint(0, n, (k,), generator=g)
+    R = torch.randint(-4, 5, (k, 300), generator=g).to(torch.float32)
+    R[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e38])
+    B = median_with_rows_replaced(W, rows, R, 0)
+    for i in range(k):
+        X = W.clone()
+        X[rows[i]] = R[i]
+        assert torch.equal(B[i], median(X, 0)), i

@@ -325,13 +325,16 @@ class RuleSpec(Spec):
     **options) -> (A, B)`` is an optional batched leave-one-out (``B[i]`` = the rule without
     row i) for the defenses that need it; without one, a loop of ``k`` rule calls is used.
     ``selects_row``: the output is always one of the input rows (Krum), so the server can
-    record whether it selected a crafted model.
+    record whether it selected a crafted model. ``with_rows_replaced(W, rows, replacement,
+    f, **options) -> B`` is an optional batched ``B[i]`` = the rule on ``W`` with row
+    ``rows[i]`` replaced by ``replacement[i]`` (a defense's leave-one-out after bucketing).
     """
 
     check: Callable[..., Any] | None = None
     needs: frozenset[str] = frozenset()
     stateful: bool = False
     with_and_without: Callable[..., Any] | None = None
+    with_rows_replaced: Callable[..., Any] | None = None
     selects_row: bool = False
 
     def requirements(self) -> dict[str, Any]:
@@ -346,10 +349,16 @@ class PreaggregatorSpec(Spec):
 
     ``output(m, f, **options) -> (m', f')`` says how many rows it returns and how many of them
     may be Byzantine (for the rule's precondition); ``None`` keeps ``(m, f)``.
+    ``leave_one_out(W, f, **options)`` (with ``ctx=`` if it ``needs`` one) may return a
+    :class:`fedpoison.server.LeaveOneOut`: its output on ``W`` and, for every row ``i``, how
+    that output changes without row ``i`` (one changed or removed output row), so that a
+    defense's leave-one-out does not re-run the step ``m`` times; ``None`` (or no hook)
+    keeps the generic ``m`` calls.
     """
 
     output: Callable[..., tuple[int, int]] | None = None
     needs: frozenset[str] = frozenset()
+    leave_one_out: Callable[..., Any] | None = None
 
     def requirements(self) -> dict[str, Any]:
         return {"needs": sorted(self.needs)}

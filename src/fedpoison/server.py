@@ -152,6 +152,29 @@ def loop_with_and_without(aggregate: Callable[..., Tensor], W: Tensor, *,
     return (aggregate(W, None) if pass_keep else aggregate(W)), torch.stack(out)
 
 
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """A pre-aggregator's output on all ``m`` rows and without each one.
+
+    ``full`` [m', d] is its output on all rows. Without row ``i`` the output is ``full`` with
+    row ``row[i]`` replaced by ``replacement[i]``, or removed where ``removed[i]`` (e.g. the
+    bucket that held only row ``i``)."""
+
+    full: Tensor
+    row: Tensor
+    replacement: Tensor
+    removed: Tensor
+
+    def without(self, i: int) -> Tensor:
+        """The output without input row ``i``."""
+        r = int(self.row[i])
+        if bool(self.removed[i]):
+            return torch.cat([self.full[:r], self.full[r + 1:]])
+        out = self.full.clone()
+        out[r] = self.replacement[i]
+        return out
+
+
 class BoundPreaggregator(Bound):
     """A registered pre-aggregator with its options bound: ``preagg(W, f, ctx) -> W'``."""
 
@@ -162,12 +185,23 @@ class BoundPreaggregator(Bound):
             return m, f
         return self.spec.output(m, f, **self.options)
 
+    def _context(self, ctx: ServerContext | None) -> dict[str, Any]:
+        if not self.spec.needs:
+            return {}
+        if ctx is None:
+            raise ValueError(f"pre-aggregator {self.name} needs the server context")
+        return {"ctx": ctx}
+
     def __call__(self, W: Tensor, f: int, ctx: ServerContext | None = None) -> Tensor:
-        if self.spec.needs:
-            if ctx is None:
-                raise ValueError(f"pre-aggregator {self.name} needs the server context")
-            return self.spec.impl(W, f, ctx=ctx, **self.options)
-        return self.spec.impl(W, f, **self.options)
+        return self.spec.impl(W, f, **self._context(ctx), **self.options)
+
+    def leave_one_out(self, W: Tensor, f: int, ctx: ServerContext | None = None
+                      ) -> LeaveOneOut | None:
+        """Its :class:`LeaveOneOut` on ``W``, or ``None`` where it has no such hook (or its
+        options ask for independent calls)."""
+        if self.spec.leave_one_out is None:
+            return None
+        return self.spec.leave_one_out(W, f, **self._context(ctx), **self.options)
 
 
 class Pipeline:
@@ -209,10 +243,48 @@ class Pipeline:
 
     def with_and_without(self, W: Tensor, f: int, ctx: ServerContext | None = None
                          ) -> tuple[Tensor, Tensor]:
+        """``(A, B)`` as :meth:`BoundRule.with_and_without`, through the pre-aggregators.
+
+        A single pre-aggregator with a leave-one-out hook (bucketing) runs once: the rule
+        then aggregates its output and, for each row ``i``, that output without row ``i``
+        (k rule calls). Otherwise the whole pipeline is called k + 1 times."""
         if not self.preaggs:
             return self.rule.with_and_without(W, f, ctx)
+        if len(self.preaggs) == 1:
+            p = self.preaggs[0]
+            loo = p.leave_one_out(W, f, ctx)
+            if loo is not None:
+                return self._rule_with_and_without(loo, W.shape[0], f, p.output, ctx)
         return loop_with_and_without(lambda X, keep: self(X, f, without(ctx, keep)), W,
                                      pass_keep=True)
+
+
+    def _rule_with_and_without(self, loo: LeaveOneOut, k: int, f: int,
+                               output: Callable[[int, int], tuple[int, int]],
+                               ctx: ServerContext | None) -> tuple[Tensor, Tensor]:
+        """The rule on a pre-aggregator's :class:`LeaveOneOut`: its batched
+        ``with_rows_replaced`` for the rows that change, k rule calls otherwise."""
+        f_all, f_less = output(k, f)[1], output(k - 1, f)[1]
+        A = self.rule(loo.full, f_all, ctx)
+        B = torch.empty((k, *A.shape), dtype=A.dtype, device=A.device)
+        spec = self.rule.spec
+        todo = torch.arange(k)
+        if spec.with_rows_replaced is not None and not spec.needs:
+            changed = (~loo.removed).cpu()
+            idx = todo[changed]
+            if idx.numel():
+                B[idx.to(B.device)] = spec.with_rows_replaced(
+                    loo.full, loo.row[idx.to(loo.row.device)],
+                    loo.replacement[idx.to(loo.replacement.device)],
+                    min(f_less, loo.full.shape[0]), **self.rule.options)
+            todo = todo[~changed]
+        keep = torch.ones(k, dtype=torch.bool, device=loo.full.device)
+        for i in todo.tolist():
+            keep[i] = False
+            X = loo.without(i)
+            B[i] = self.rule(X, min(f_less, X.shape[0]), without(ctx, keep))
+            keep[i] = True
+        return A, B
 
 
 def bind_rule(name: str, options: Mapping[str, Any] | None = None) -> BoundRule:

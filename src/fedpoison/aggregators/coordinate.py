@@ -51,6 +51,7 @@ __all__ = [
     "median",
     "median_sorted",
     "median_with_and_without",
+    "median_with_rows_replaced",
     "sort_workers",
     "trimmed_mean",
     "trimmed_mean_sorted",
@@ -255,6 +256,54 @@ def median_with_and_without(W: Tensor, f: int) -> tuple[Tensor, Tensor]:
     return _with_and_without(W.detach(), 0, (k - 2) // 2, median=True)
 
 
+def _without(S: Tensor, old: Tensor, x: int) -> Tensor:
+    """Rank ``x`` of each sorted column of ``S`` with one copy of ``old`` ([k, c]) taken
+    out: ``S[x]`` below the first copy, ``S[x + 1]`` from it on (``-inf`` for ``x < 0``,
+    ``+inf`` past the end)."""
+    n = S.shape[0]
+    if x < 0:
+        return torch.full_like(old, -torch.inf)
+    if x >= n - 1:
+        return torch.full_like(old, torch.inf)
+    return torch.where(S[x] < old, S[x], S[x + 1])
+
+
+def median_with_rows_replaced(W: Tensor, rows: Tensor, replacement: Tensor, f: int) -> Tensor:
+    """``B[i]`` = the median of ``W`` with row ``rows[i]`` replaced by ``replacement[i]``
+    ([k, d]; what a defense's leave-one-out needs after bucketing, where leaving a model out
+    changes one bucket mean). Bit for bit ``median`` of each replaced matrix.
+
+    One sort of ``W``. With the old value ``o`` out, rank ``x`` of a sorted column is
+    ``S'(x) = S[x]`` if ``S[x] < o`` else ``S[x + 1]``; with the new value ``v`` in, rank
+    ``q`` is ``min(S'(q), max(S'(q − 1), v))``. Only the middle ranks are read: a few
+    element-wise operations on [k, d], no sort per ``i``.
+    """
+    n, d = W.shape
+    check_median(n, f)
+    W = W.detach()
+    S = sort_workers(W)  # NaN -> +inf, as median does
+    rows = rows.to(W.device)
+
+    def finite_order(X: Tensor) -> Tensor:
+        return torch.nan_to_num(X.to(W.dtype), nan=torch.inf, posinf=torch.inf,
+                                neginf=-torch.inf)
+
+    middle = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    out = torch.empty(rows.shape[0], d, dtype=W.dtype, device=W.device)
+    for lo, hi in chunks(rows.shape[0], d):
+        Sc = S[:, lo:hi]
+        old = finite_order(W[:, lo:hi][rows])
+        v = finite_order(replacement.detach()[:, lo:hi].to(W.device))
+        picked = [torch.minimum(_without(Sc, old, q), torch.maximum(_without(Sc, old, q - 1), v))
+                  for q in middle]
+        if len(picked) == 1:
+            out[:, lo:hi] = picked[0]
+        else:
+            two = picked[0].to(torch.float64) + picked[1].to(torch.float64)
+            out[:, lo:hi] = (two * 0.5).to(W.dtype)
+    return out
+
+
 register_rule(
     "trimmed-mean", trimmed_mean,
     reference="Yin, Chen, Ramchandran, Bartlett, ICML 2018; Fang et al., USENIX Security "
@@ -271,4 +320,5 @@ register_rule(
               "2020, Section 2.2",
     summary="coordinate-wise median (the mean of the two middle values for an even count)",
     check=check_median, with_and_without=median_with_and_without,
+    with_rows_replaced=median_with_rows_replaced,
 )
