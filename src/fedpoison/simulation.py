@@ -31,6 +31,7 @@ from fedpoison.config import RunConfig
 from fedpoison.data import Dataset, Partition, load
 from fedpoison.defenses.base import BoundDefense
 from fedpoison.errors import ConfigError
+from fedpoison.memory import Releaser
 from fedpoison.models import build_model
 from fedpoison.notes import note_value, settle_notes
 from fedpoison.progress import Bar, Progress, bar_factory
@@ -424,6 +425,7 @@ def run(
     if log is not None:
         log.start(cfg.to_dict(), cfg.config_hash())
     bar = _progress_bar(cfg, progress)
+    releaser = Releaser()  # free heap memory back to the OS now and then (fedpoison.memory)
     try:
         for t in range(1, cfg.iterations + 1):
             w = setup.step(w, t, notes, timings)
@@ -443,6 +445,7 @@ def run(
                         metrics["asr"] = asr
                     log.evaluation(t, metrics, notes)
                 bar.set_postfix_str(f"error={ev.error:.4f}", refresh=False)
+                releaser.maybe()
                 timings["evaluate"] += time.perf_counter() - tic
             bar.update(1)
     except BaseException as e:
