@@ -118,6 +118,21 @@ def test_preaggregator_on_cuda_gives_the_cpu_output(name: str) -> None:
                 pipeline(W, F, server_context(W, previous)))
 
 
+@needs_cuda
+@pytest.mark.parametrize("rule", ["median", "trimmed-mean"])
+@pytest.mark.parametrize("name", PREAGGREGATORS)
+def test_leave_one_out_through_a_preaggregator_on_cuda(name: str, rule: str) -> None:
+    """A defense's leave-one-out behind a pre-aggregator (bucketing's hook and the median's
+    batched replaced-row path included) on CUDA gives the CPU's rows."""
+    previous, W = matrix(4, m=12, d=20)
+    pipeline = bind_pipeline(rule, {}, [(name, {})])
+    a_cpu, b_cpu = pipeline.with_and_without(W, 1, server_context(W, previous))
+    a_gpu, b_gpu = pipeline.with_and_without(W.cuda(), 1,
+                                             server_context(W.cuda(), previous.cuda()))
+    assert_same(a_gpu, a_cpu)
+    assert_same(b_gpu, b_cpu)
+
+
 # ------------------------------------------------------------------ model attacks
 
 
