@@ -258,33 +258,36 @@ class Pipeline:
         return loop_with_and_without(lambda X, keep: self(X, f, without(ctx, keep)), W,
                                      pass_keep=True)
 
-
     def _rule_with_and_without(self, loo: LeaveOneOut, k: int, f: int,
                                output: Callable[[int, int], tuple[int, int]],
                                ctx: ServerContext | None) -> tuple[Tensor, Tensor]:
         """The rule on a pre-aggregator's :class:`LeaveOneOut`: its batched
-        ``with_rows_replaced`` for the rows that change, k rule calls otherwise."""
+        ``with_rows_replaced`` for the rows that change, one rule call per left-out row
+        otherwise; the leave-one-out calls come before the call on all rows, as in
+        :func:`loop_with_and_without` (a stateful rule sees the same order)."""
         f_all, f_less = output(k, f)[1], output(k - 1, f)[1]
-        A = self.rule(loo.full, f_all, ctx)
-        B = torch.empty((k, *A.shape), dtype=A.dtype, device=A.device)
+        out: list[Tensor | None] = [None] * k
         spec = self.rule.spec
         todo = torch.arange(k)
         if spec.with_rows_replaced is not None and not spec.needs:
             changed = (~loo.removed).cpu()
             idx = todo[changed]
             if idx.numel():
-                B[idx.to(B.device)] = spec.with_rows_replaced(
+                B = spec.with_rows_replaced(
                     loo.full, loo.row[idx.to(loo.row.device)],
                     loo.replacement[idx.to(loo.replacement.device)],
                     min(f_less, loo.full.shape[0]), **self.rule.options)
+                for n, i in enumerate(idx.tolist()):
+                    out[i] = B[n]
             todo = todo[~changed]
         keep = torch.ones(k, dtype=torch.bool, device=loo.full.device)
         for i in todo.tolist():
             keep[i] = False
             X = loo.without(i)
-            B[i] = self.rule(X, min(f_less, X.shape[0]), without(ctx, keep))
+            out[i] = self.rule(X, min(f_less, X.shape[0]), without(ctx, keep))
             keep[i] = True
-        return A, B
+        A = self.rule(loo.full, f_all, ctx)
+        return A, torch.stack([b for b in out if b is not None])
 
 
 def bind_rule(name: str, options: Mapping[str, Any] | None = None) -> BoundRule:

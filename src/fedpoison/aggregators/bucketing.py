@@ -92,8 +92,9 @@ def bucketing_leave_one_out(W: Tensor, f: int, *, ctx: Any, s: int = 2,
     buckets = math.ceil(m / s)
     bucket = bucket_of_rows(m, s, ctx.generator).to(W.device)
     full = _means(W, bucket, buckets)
-    # slot table [buckets, s]: row perm[k] sits at (k // s, k % s); slots past m get row m,
-    # a zero row, so the last (shorter) bucket sums only its own rows
+    # slot table [buckets, s]: the rows of bucket b (in index order) fill slots b·s, b·s + 1,
+    # ... (every bucket but the last is full); the slots past m get row m, a zero row, so
+    # the last (shorter) bucket sums only its own rows
     table = torch.full((buckets * s,), m, dtype=torch.int64, device=W.device)
     order = torch.argsort(bucket, stable=True)  # rows bucket by bucket
     table[: m] = order
