@@ -46,6 +46,7 @@ from fedpoison.server import (
     Pipeline,
     ServerContext,
     ServerData,
+    bind_pipeline,
     bind_rule,
     loop_with_and_without,
 )
@@ -126,6 +127,22 @@ def rejection(args: argparse.Namespace, task: Task, x: torch.Tensor, y: torch.Te
                                      args.loop_repeats, warmup=0))
         print(f"| {rule} | {step_b:.1f} | {step_l:.1f} | {step_l / step_b:.1f}x | {loo_b:.1f} |"
               f" {loo_l:.1f} | {loo_l / loo_b:.1f}x |", flush=True)
+    print(f"\nleave-one-out behind bucketing (s = 2), k={K}; medians in ms: one shuffle "
+          "(`same`; median batched over the changed rows, trimmed mean k calls on the bucket "
+          "means) against a new shuffle per left-out model (`fresh`, k + 1 pipeline calls)")
+    print("| rule | same | fresh | ratio |")
+    print("|---|---:|---:|---:|")
+    for rule in ("median", "trimmed-mean"):
+        times = []
+        for option in ("same", "fresh"):
+            options = {"beta": F} if rule == "trimmed-mean" else {}
+            pipe = bind_pipeline(rule, options, [("bucketing", {"s": 2, "leave_one_out": option})])
+            server = ServerContext(1, W[0].clone(), {}, torch.Generator().manual_seed(0), data)
+            times.append(np.median(timings_ms(lambda p=pipe, c=server: p.with_and_without(W, F, c),
+                                              args.loop_repeats if option == "fresh"
+                                              else args.repeats)))
+        print(f"| {rule} | {times[0]:.1f} | {times[1]:.1f} | {times[1] / times[0]:.1f}x |",
+              flush=True)
     if args.cnn:
         Wc = 0.01 * torch.randn(K, 270_000, generator=torch.Generator().manual_seed(1))
         print(f"\nleave-one-out alone, k={K}, d=270000 (CNN size), f={F}; medians in ms")
