@@ -2,8 +2,8 @@
 
 A long CNN run under attack allocates and frees tensors of many sizes every iteration.
 glibc's allocator keeps freed heap memory for reuse, and with these patterns the kept
-memory grows without bound: a 2,000-iteration CNN-MNIST run under the full-knowledge
-trimmed-mean attack was killed at 24 GB resident, while its live tensors stay near 0.2 GB
+memory kept growing: a 2,000-iteration CNN-MNIST run under the full-knowledge trimmed-mean
+attack was killed at 24 GB resident, while its live tensors stay near 0.2 GB
 (docs/design.md). ``malloc_trim(0)`` returns the free pages; :func:`release_free_memory`
 calls it, and :func:`fedpoison.simulation.run` calls that at most every
 :data:`RELEASE_EVERY` seconds, at an evaluation. Elsewhere than glibc it does nothing.
