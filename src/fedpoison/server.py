@@ -266,7 +266,7 @@ class Pipeline:
         otherwise; the leave-one-out calls come before the call on all rows, as in
         :func:`loop_with_and_without` (a stateful rule sees the same order)."""
         f_all, f_less = output(k, f)[1], output(k - 1, f)[1]
-        out: list[Tensor | None] = [None] * k
+        out: Tensor | None = None
         spec = self.rule.spec
         todo = torch.arange(k)
         if spec.with_rows_replaced is not None and not spec.needs:
@@ -277,17 +277,21 @@ class Pipeline:
                     loo.full, loo.row[idx.to(loo.row.device)],
                     loo.replacement[idx.to(loo.replacement.device)],
                     min(f_less, loo.full.shape[0]), **self.rule.options)
-                for n, i in enumerate(idx.tolist()):
-                    out[i] = B[n]
+                out = B.new_empty((k, *B.shape[1:]))
+                out[idx.to(B.device)] = B
             todo = todo[~changed]
         keep = torch.ones(k, dtype=torch.bool, device=loo.full.device)
-        for i in todo.tolist():
+        for i in todo.tolist():  # rows without a batched path: one rule call each
             keep[i] = False
             X = loo.without(i)
-            out[i] = self.rule(X, min(f_less, X.shape[0]), without(ctx, keep))
+            b = self.rule(X, min(f_less, X.shape[0]), without(ctx, keep))
             keep[i] = True
+            if out is None:
+                out = b.new_empty((k, *b.shape))
+            out[i] = b
         A = self.rule(loo.full, f_all, ctx)
-        return A, torch.stack([b for b in out if b is not None])
+        assert out is not None
+        return A, out
 
 
 def bind_rule(name: str, options: Mapping[str, Any] | None = None) -> BoundRule:
