@@ -51,13 +51,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from fedpoison.config import OPTION_FIELDS as OPTION_FIELD_NAMES
 from fedpoison.config import RunConfig
 from fedpoison.errors import ConfigError
+
+if TYPE_CHECKING:  # PyYAML is imported where a spec or a value is read: `run` never needs it
+    import yaml
 
 KINDS = ("sweep", "table", "figure")
 METRICS = ("final_error", "best_error", "final_loss", "final_asr", "max_asr")
@@ -420,6 +421,8 @@ def parse_choices(text: str | None) -> dict[str, Any]:
 def _scalar(text: str, part: str) -> Any:
     """A config field's value written on the command line, read as the same value in a
     preset's YAML would be (``lr=0.1`` is the number 0.1, ``f=null`` is None)."""
+    import yaml
+
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -761,6 +764,8 @@ def _read_spec_file(path: Path) -> str:
 def safe_load_yaml(body: str, source: str) -> Any:
     """``yaml.safe_load(body)``, refusing a document that expands beyond
     :data:`MAX_SPEC_SIZE` (alias bombs), refers to itself, or nests too deeply."""
+    import yaml
+
     loader = yaml.SafeLoader(body)
     try:
         node = loader.get_single_node()
@@ -786,6 +791,8 @@ def _check_expanded_size(root: yaml.Node, source: str) -> None:
     Aliased nodes are shared in the composed graph, so their expanded size is computed once
     (memoized, iteratively: no recursion limit) and the walk stays linear in the YAML text.
     """
+    import yaml
+
     def children(node: yaml.Node) -> list[yaml.Node]:
         if isinstance(node, yaml.SequenceNode):
             return list(node.value)
