@@ -35,7 +35,8 @@ from collections.abc import Callable
 
 import torch
 
-from fedpoison.models.batched import naive_vmap_grad, reference_batched_grad, tune_cpu_allocator
+from fedpoison.memory import tune_cpu_allocator
+from fedpoison.models.batched import naive_vmap_grad, reference_batched_grad
 from fedpoison.models.cnn import CNN
 from fedpoison.models.functional import ModuleModel
 

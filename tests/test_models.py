@@ -15,11 +15,11 @@ import torch
 from fedpoison import registry
 from fedpoison.data.base import Dataset
 from fedpoison.data.partition import Partition
+from fedpoison.memory import tune_cpu_allocator
 from fedpoison.models import build_model
 from fedpoison.models.batched import (
     naive_vmap_grad,
     reference_batched_grad,
-    tune_cpu_allocator,
     worker_chunks,
 )
 from fedpoison.models.cnn import CNN
@@ -316,60 +316,6 @@ def test_tune_cpu_allocator_is_harmless() -> None:
     mask = torch.ones(K, B, dtype=torch.bool)
     _close(model.batched_grad(W, x, y, mask),
            reference_batched_grad(model, W, x, y, mask))
-
-
-_FAULT_PROBE = """
-import resource, sys, torch
-from fedpoison.models.batched import tune_cpu_allocator
-if sys.argv[1] == "tuned" and not tune_cpu_allocator():
-    print("unsupported"); raise SystemExit
-n = 40 * 2**20 // 4  # 40 MiB: above glibc's default mmap threshold
-for _ in range(8):  # warm up: the heap settles after a few allocations
-    torch.ones(n)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
-    torch.ones(n)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (n * 4 // 4096))
-"""
-
-
-def _faults_per_page(mode: str) -> str:
-    """Page faults per 4 KiB page over four 40 MiB allocations, in a fresh process (the
-    heap's state depends on everything the test process allocated before)."""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", _FAULT_PROBE, mode], capture_output=True,
-                         text=True, timeout=120, check=True)
-    return out.stdout.strip()
-
-
-def test_tuned_allocator_reuses_freed_memory() -> None:
-    tuned = _faults_per_page("tuned")
-    if tuned == "unsupported":
-        pytest.skip("allocator tuning needs Linux/glibc")
-    assert float(_faults_per_page("untuned")) > 3.5  # each allocation is a fresh mmap
-    assert float(tuned) < 0.5  # tuned: the freed memory is reused, no page is faulted again
-
-
-def test_tune_cpu_allocator_passes_c_ints(monkeypatch: pytest.MonkeyPatch) -> None:
-    """mallopt takes a C int: a value past 2^31 − 1 wraps (2^34 became 0 and maximized
-    trimming, the bug this guards)."""
-    import ctypes
-
-    calls: list[tuple[int, int]] = []
-
-    class FakeLibc:
-        def mallopt(self, param: int, value: ctypes.c_int) -> int:
-            assert isinstance(value, ctypes.c_int)
-            calls.append((param, value.value))
-            return 1
-
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
-    monkeypatch.delenv("FEDPOISON_NO_MALLOPT", raising=False)
-    monkeypatch.setattr("sys.platform", "linux")
-    assert tune_cpu_allocator()
-    assert dict(calls) == {-3: 1 << 30, -1: 2**31 - 1}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 
 
 def test_device_auto_is_cpu_without_cuda() -> None:

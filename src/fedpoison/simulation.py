@@ -31,7 +31,7 @@ from fedpoison.config import RunConfig
 from fedpoison.data import Dataset, Partition, load
 from fedpoison.defenses.base import BoundDefense
 from fedpoison.errors import ConfigError
-from fedpoison.memory import Releaser
+from fedpoison.memory import Releaser, tune_cpu_allocator
 from fedpoison.models import build_model
 from fedpoison.notes import note_value, settle_notes
 from fedpoison.progress import Bar, Progress, bar_factory
@@ -300,11 +300,7 @@ def prepare(config: RunConfig, dataset: Dataset | None = None,
     if cfg.train_subset is not None:
         ds = training_subset(ds, cfg.train_subset, generator(cfg.seed, "subset"))
     model = build_model(cfg.model, ds)
-    if device.type == "cpu" and getattr(model, "large_activations", False):
-        # Large per-iteration activations: keep freed memory for reuse (models/batched.py).
-        from fedpoison.models.batched import tune_cpu_allocator
-
-        tune_cpu_allocator()
+    tune_cpu_allocator()  # reuse freed memory instead of faulting it in again (memory.py)
     m, c = cfg.workers, cfg.compromised
     partition = _split(cfg, ds)
     # Which workers are compromised: a seeded uniform choice or the first c (docs/choices.md).

@@ -12,9 +12,7 @@ class FlatModel(Protocol):
     """A classifier whose parameters are one flat float32 vector of length ``dim``.
 
     Aggregators, attacks and defenses only ever see such vectors (DESIGN.md); a model is the
-    one place that knows how a vector becomes predictions. Optionally, ``large_activations =
-    True`` says that one training pass allocates tensors of tens of MB or more, and the
-    simulation then tunes the CPU allocator to reuse freed memory (models/batched.py).
+    one place that knows how a vector becomes predictions.
     """
 
     dim: int

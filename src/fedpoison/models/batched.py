@@ -22,10 +22,7 @@ compare the batched path against.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import sys
 from collections.abc import Callable
 from typing import Protocol
 
@@ -43,32 +40,6 @@ MEMORY_BUDGET = 4 * 2**30
 # glibc's 32 MiB mmap threshold. Measured (1 thread, CPU time per iteration): 0.72 s vs
 # 0.79 s with one block, allocator tuned; 0.76 s vs 1.23 s untuned.
 CPU_BLOCK_EXAMPLES = 512
-
-
-def tune_cpu_allocator() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the OS (Linux only).
-
-    PyTorch's CPU allocator has no cache: a tensor above glibc's mmap threshold (at most
-    32 MiB) is a fresh ``mmap``, and memory freed at the top of the heap is trimmed; either
-    way its next use costs a page fault per 4 KiB. The CNN's batched pass on 100 workers
-    allocates and frees tensors of 30–260 MB, and the faults cost about as much as the
-    arithmetic of its memory-bound layers. Raising the mmap threshold (1 GiB) and the trim
-    threshold (2 GiB − 1, the largest C ``int``) with ``mallopt`` keeps that memory in the
-    heap: 0 page faults per iteration instead of ~144,000, and 0.75 s instead of 1.0 s of
-    CPU time. Resident memory stays at its peak between iterations. This is what PyTorch's
-    performance guide achieves by preloading jemalloc or tcmalloc. Process-wide; set
-    ``FEDPOISON_NO_MALLOPT=1`` to skip. Returns whether it was applied.
-    """
-    if not sys.platform.startswith("linux") or os.environ.get("FEDPOISON_NO_MALLOPT"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    big = ctypes.c_int(2**31 - 1)  # mallopt takes a C int: 2 GiB − 1 is the largest value
-    ok = libc.mallopt(m_mmap_threshold, ctypes.c_int(1 << 30)) == 1
-    return bool(ok and libc.mallopt(m_trim_threshold, big) == 1)
 
 
 CL = torch.channels_last

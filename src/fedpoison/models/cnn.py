@@ -78,7 +78,6 @@ class CNN(AutogradReference):
             ]
         )
         self.dim = self.layout.dim
-        self.large_activations = True  # tune the CPU allocator (models/batched.py)
         self.memory_budget = memory_budget
         # CPU cache blocking (batched_grad); None = one block. Measured in bench_cnn.py.
         self.cpu_block_examples: int | None = CPU_BLOCK_EXAMPLES

@@ -62,7 +62,6 @@ class ModuleModel:
         self.num_classes = num_classes
         self.layout = FlatLayout([(n, tuple(p.shape)) for n, p in module.named_parameters()])
         self.dim = self.layout.dim
-        self.large_activations = True  # tune the CPU allocator (models/batched.py)
         self._module = module.requires_grad_(False)
         self._buffers = {n: b for n, b in module.named_buffers()}
         self.memory_budget = memory_budget

@@ -95,7 +95,6 @@ class ResNet20:
         entries += [("fc.weight", (num_classes, 64)), ("fc.bias", (num_classes,))]
         self.layout = FlatLayout(entries)
         self.dim = self.layout.dim
-        self.large_activations = True  # tune the CPU allocator (models/batched.py)
         self.bn_names = [s.name[: -len(".running_mean")] for s in self.layout
                          if s.name.endswith(".running_mean")]
         # autograd keeps ~4 tensors of every activation's size (conv output, BN output, ReLU
