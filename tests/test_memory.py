@@ -30,21 +30,26 @@ def test_release_gives_free_heap_pages_back() -> None:
     assert survivor.sum() == 10
 
 
-def test_a_run_releases_at_evaluations_when_due(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
+def _toy_run(iterations: int, eval_every: int) -> None:
+    """An LR run of 10 workers on a small random 3-class dataset."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(600, 8, generator=g), torch.randint(3, (600,), generator=g)
     toy = Dataset("toy", x[:500], y[:500], x[500:], y[500:], 3)
     cfg = fedpoison.RunConfig(dataset="mnist", model="lr", workers=10, compromised=2,
-                              iterations=30, eval_every=10)
+                              iterations=iterations, eval_every=eval_every)
+    simulation.run(cfg, progress=False, dataset=toy)
+
+
+def test_a_run_releases_at_evaluations_when_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr(memory, "RELEASE_EVERY", 0.0)
     monkeypatch.setattr(memory.Releaser.__init__, "__defaults__", (0.0,))
-    simulation.run(cfg, progress=False, dataset=toy)
+    _toy_run(iterations=30, eval_every=10)
     assert len(calls) == 3  # every evaluation once due
     calls.clear()
     monkeypatch.setattr(memory.Releaser.__init__, "__defaults__", (3600.0,))
-    simulation.run(cfg, progress=False, dataset=toy)
+    _toy_run(iterations=30, eval_every=10)
     assert calls == []  # not due within the hour
 
 
@@ -52,12 +57,7 @@ def test_every_run_tunes_the_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
     """LR too: its defenses (FLAME, DnC, SignGuard) allocate tens of MB per iteration."""
     calls: list[int] = []
     monkeypatch.setattr(simulation, "tune_cpu_allocator", lambda: calls.append(1) or True)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(600, 8, generator=g), torch.randint(3, (600,), generator=g)
-    toy = Dataset("toy", x[:500], y[:500], x[500:], y[500:], 3)
-    cfg = fedpoison.RunConfig(dataset="mnist", model="lr", workers=10, compromised=2,
-                              iterations=2)
-    simulation.run(cfg, progress=False, dataset=toy)
+    _toy_run(iterations=2, eval_every=2)
     assert calls == [1]
 
 
@@ -84,7 +84,6 @@ def _faults_per_page(mode: str) -> str:
     in a fresh process (the heap's state depends on everything the test process allocated
     before)."""
     import subprocess
-    import sys
 
     out = subprocess.run([sys.executable, "-c", _FAULT_PROBE, mode], capture_output=True,
                          text=True, timeout=120, check=True)
