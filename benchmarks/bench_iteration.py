@@ -33,10 +33,12 @@ from collections.abc import Callable
 import torch
 
 from fedpoison.aggregators import get_aggregator
+from fedpoison.attacks import AttackContext, krum_attack
 from fedpoison.config import RunConfig
 from fedpoison.data import load, noniid_partition
 from fedpoison.models.lr import LogisticRegression
 from fedpoison.rng import generator
+from fedpoison.server import bind_pipeline
 from fedpoison.simulation import run
 from fedpoison.tasks import Task, sample_batches
 
@@ -87,28 +89,23 @@ def main() -> None:
     if hasattr(task, "_gather"):  # the parts of the fused path, where the code has them
         idx, mask = sample_batches(part, workers, B, g)
         y = ds.y_train[idx]
-        fns["  gather inputs"] = lambda: task._gather(idx)
+        fns["  gather inputs"] = lambda: task._gather(idx, task._x_rows)
         if hasattr(model, "sgd_step_"):
-            x = task._gather(idx).clone()
+            x = task._gather(idx, task._x_rows).clone()
             fns["  SGD step (2 products, softmax)"] = lambda: model.sgd_step_(
-                W.clone(), x, y, mask, 0.1, True)
+                W.clone(), x, y, mask, 0.1)
     for rule in rules:
         agg = get_aggregator(rule)
         fns[f"aggregate {rule}"] = lambda agg=agg: agg(W, c)
-    try:
-        from fedpoison.attacks import MODEL_ATTACKS, AttackContext, AttackOptions
+    target = bind_pipeline("krum", {})
+    ga = torch.Generator().manual_seed(1)
 
-        craft = MODEL_ATTACKS["krum"]
-        ga = torch.Generator().manual_seed(1)
+    def krum_attack_step() -> object:
+        return krum_attack(AttackContext(compromised=W[:c], benign=None, w_re=w, m=m,
+                                         knowledge="partial", f=c, generator=ga,
+                                         target=target))
 
-        def krum_attack() -> object:
-            return craft(AttackContext(compromised=W[:c], benign=None, w_re=w, m=m,
-                                       knowledge="partial", assumed_rule="krum", f=c,
-                                       generator=ga, options=AttackOptions()))
-
-        fns["Krum attack (partial knowledge)"] = krum_attack
-    except (ImportError, KeyError, TypeError):
-        pass
+    fns["Krum attack (partial knowledge)"] = krum_attack_step
     fns["against_mean_direction diagnostic"] = diagnostic
     fns["evaluate (every 10 iterations)"] = lambda: task.evaluate(w)
 
