@@ -43,6 +43,7 @@ from fedpoison.aggregators.leave_one_out import (
 )
 from fedpoison.aggregators.mean import check_count, check_matrix
 from fedpoison.registry import Option, register_rule
+from fedpoison.threads import over_columns
 
 __all__ = [
     "check_median",
@@ -74,9 +75,17 @@ def sort_workers(W: Tensor) -> Tensor:
     """
     W = W.detach()
     if _numpy_path(W):
-        S_np = np.sort(W.numpy(), axis=0)  # NaN sorts last, after +inf
-        if S_np.shape[0] and np.isnan(S_np[-1]).any():
-            np.copyto(S_np, np.inf, where=np.isnan(S_np))
+        w = W.numpy()
+        S_np = np.empty_like(w)
+
+        def sort_columns(a: int, b: int) -> None:
+            part = S_np[:, a:b]
+            np.copyto(part, w[:, a:b])
+            part.sort(axis=0)  # NaN sorts last, after +inf
+            if part.shape[0] and np.isnan(part[-1]).any():
+                np.copyto(part, np.inf, where=np.isnan(part))
+
+        over_columns(sort_columns, w.shape[1])
         return torch.from_numpy(S_np)
     S = torch.sort(W, dim=0).values  # torch also sorts NaN last
     if S.device.type == "cuda":  # no test on the host: it would wait for the device
@@ -142,14 +151,21 @@ def closest_to_median_mean_sorted(S: Tensor, gamma: int) -> Tensor:
         raise ValueError(f"closest-to-median mean: needs 1 <= gamma <= n, got n={n}, gamma={gamma}")
     twice_med = _twice_median_sorted_f64(S)
     if _numpy_path(S):
-        s = S.numpy()
-        # +inf + -inf (hostile columns) gives NaN quietly, as on the torch path
-        with np.errstate(invalid="ignore"):
-            pair_sums = np.add(s[: n - gamma], s[gamma:], dtype=np.float64)
-            start = np.count_nonzero(pair_sums < twice_med.numpy(), axis=0)
-            pos = np.arange(n)[:, None]
-            inside = (pos >= start) & (pos < start + gamma)
-            total = np.add.reduce(np.where(inside, s, np.float32(0)), axis=0, dtype=np.float64)
+        s, tm = S.numpy(), twice_med.numpy()
+        total = np.empty(s.shape[1], dtype=np.float64)
+        pos = np.arange(n)[:, None]
+
+        def window_means(a: int, b: int) -> None:
+            c = s[:, a:b]
+            # +inf + -inf (hostile columns) gives NaN quietly, as on the torch path
+            with np.errstate(invalid="ignore"):
+                pair_sums = np.add(c[: n - gamma], c[gamma:], dtype=np.float64)
+                start = np.count_nonzero(pair_sums < tm[a:b], axis=0)
+                inside = (pos >= start) & (pos < start + gamma)
+                np.add.reduce(np.where(inside, c, np.float32(0)), axis=0, dtype=np.float64,
+                              out=total[a:b])
+
+        over_columns(window_means, s.shape[1])
         return torch.from_numpy(total / gamma).to(S.dtype)
     pair_sums_t = S[: n - gamma].to(torch.float64) + S[gamma:].to(torch.float64)
     start_t = (pair_sums_t < twice_med).sum(dim=0)

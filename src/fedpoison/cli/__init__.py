@@ -86,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     141 stdout closed early (``fedpoison report ... --json | head``).
     """
     from fedpoison.errors import ConfigError, DataError, ProvenanceError
+    from fedpoison.threads import limit_openmp_spinning
 
+    limit_openmp_spinning()  # before torch loads: OpenMP reads it then (fedpoison.threads)
     argv = list(sys.argv[1:] if argv is None else argv)
     # A light first pass: --version and a bare `fedpoison` answer without building the full
     # parser (which imports torch to list the registered components).
