@@ -2,7 +2,7 @@
 
 Stage 1 selects ``theta`` (default ``m - 2f``) models by repeated Krum: score the remaining
 models with Krum, move the best one (ties -> smallest index) to the selection, repeat. All
-steps read one distance matrix (each row sorted once, removed models masked out);
+steps read one distance matrix (each row sorted once, removed models dropped from it);
 Gram distances are never recomputed. Krum inside Bulyan uses the same ``f`` as the server; with
 ``n`` models remaining it sums the squared distances to the ``max(1, n - f - 2)`` nearest
 others (capped at ``n - 1``; a single remaining model is taken as is). The plain
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from fedpoison.aggregators.coordinate import closest_to_median_mean_sorted, sort_workers
-from fedpoison.aggregators.krum import _ExactDistances, _refine_pick
+from fedpoison.aggregators.krum import _ExactDistances, _near_best, _refine_pick
 from fedpoison.aggregators.leave_one_out import check_leave_one_out_count
 from fedpoison.aggregators.mean import check_count, check_matrix
 from fedpoison.registry import Option, register_rule
@@ -100,31 +100,55 @@ def _select(D: np.ndarray, f: int, theta: int, dist: _ExactDistances | None = No
             index: np.ndarray | None = None) -> list[int]:
     """Repeated Krum on the host matrix ``D`` (see ``bulyan_select``); local indices.
 
-    With ``dist`` (the Gram distances of the rows ``index`` of ``dist.W``, ``D`` being
-    their submatrix), every step's pick is that of the float64 reference: near-ties of the
-    Gram scores are refined with exact distances (``krum._refine_pick``).
+    Each row of ``D`` is sorted once and its own entry dropped: ``ids``/``Dc`` [n, n − 1]
+    hold every remaining model's other remaining models by ascending distance, so a score
+    is the sum of a row's first ``k`` entries. A pick removes its row and, from every other
+    row, its one entry (one boolean mask, ``O(n²)``). With ``dist`` (the Gram distances of
+    the rows ``index`` of ``dist.W``, ``D`` being their submatrix), every step's pick is that
+    of the float64 reference: the scores' error intervals (``krum._score_bounds``) are
+    checked, and near-ties refined with exact distances (``krum._refine_pick``). The
+    selection therefore does not depend on the order in which a score's terms are summed.
     """
     m = D.shape[0]
     order = np.argsort(D, axis=1, kind="stable")
-    Ds = np.take_along_axis(D, order, axis=1)  # each row ascending
-    not_self = order != np.arange(m)[:, None]
+    ids = order[order != np.arange(m)[:, None]].reshape(m, m - 1)
+    Dc = np.take_along_axis(D, ids, axis=1)
+    rows = np.arange(m)  # local indices of the remaining models, ascending
     alive = np.ones(m, dtype=bool)
     chosen: list[int] = []
     for step in range(theta):
         n = m - step
         k = min(max(1, n - f - 2), n - 1)
-        neighbour = alive[order] & not_self  # remaining others, in ascending distance
-        take = neighbour & (np.cumsum(neighbour, axis=1) <= k)
-        scores = np.where(take, Ds, 0.0).sum(axis=1)
-        scores[~alive] = np.inf
+        sc = Dc[:, :k].sum(axis=1)
         # first index of the minimum; if every remaining score is +inf, the first remaining
-        pick = int(np.flatnonzero(alive & (scores == scores[alive].min()))[0])
+        j = int(np.flatnonzero(sc == sc.min())[0])
+        pick = int(rows[j])
         if dist is not None and n > 1:
             assert index is not None
-            pick = _refine_pick(dist, scores, pick, k, index, alive)
+            if not _one_candidate(dist, sc, dist.norms[index[rows]], k, m):
+                scores = np.full(m, np.inf)
+                scores[rows] = sc
+                pick = _refine_pick(dist, scores, pick, k, index, alive)
+                j = int(np.searchsorted(rows, pick))
         chosen.append(pick)
         alive[pick] = False
+        if step + 1 < theta:
+            keep = ids != pick
+            keep[j] = False
+            ids = ids[keep].reshape(n - 1, n - 2)
+            Dc = Dc[keep].reshape(n - 1, n - 2)
+            rows = np.delete(rows, j)
     return chosen
+
+
+def _one_candidate(dist: _ExactDistances, s: np.ndarray, norms: np.ndarray, k: int,
+                   m: int) -> bool:
+    """Whether the finite Gram scores ``s`` leave one candidate for the reference's pick
+    (the test ``krum._refine_pick`` starts with; its fast path here). False when a score is
+    not finite: ``_refine_pick`` then decides."""
+    if not np.isfinite(s).all():
+        return False
+    return int(np.count_nonzero(_near_best(s, norms, k, dist.d, m))) <= 1
 
 
 def _exact_selection(dist: _ExactDistances, index: np.ndarray, f: int, theta: int

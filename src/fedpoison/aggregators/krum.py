@@ -231,6 +231,16 @@ def _exact_scores(R: np.ndarray, own: np.ndarray, k: int,
     return np.sort(R, axis=1)[:, :k].sum(axis=1)
 
 
+def _near_best(s: np.ndarray, norms: np.ndarray, k: int, d: int, m: int) -> np.ndarray:
+    """Mask of the finite Gram scores ``s`` (of rows with centred norms ``norms``) whose
+    error interval (``_score_bounds``) reaches the smallest upper end: the candidates for
+    the reference's pick."""
+    kap, rho = _bound_constants(k, d, m)
+    hi = (s + kap * (2.0 * norms + np.sqrt(s)) ** 2) * (1.0 + rho)
+    lo = (s - kap * (2.0 * norms + np.sqrt(hi)) ** 2) * (1.0 - rho)
+    return lo <= hi.min()
+
+
 def _refine_pick(dist: _ExactDistances, s: np.ndarray, g: int, k: int,
                  index: np.ndarray | None = None, alive: np.ndarray | None = None) -> int:
     """The reference Krum pick among the rows in ``index`` (global indices; all rows by
@@ -245,12 +255,8 @@ def _refine_pick(dist: _ExactDistances, s: np.ndarray, g: int, k: int,
     # _score_bounds on the finite scores only (the per-step fast path of Bulyan)
     ok = np.isfinite(s) if alive is None else alive & np.isfinite(s)
     rows = np.flatnonzero(ok)
-    t = s[rows]
     n = dist.norms[rows if index is None else index[rows]]
-    kap, rho = _bound_constants(k, dist.d, len(s))
-    hi = (t + kap * (2.0 * n + np.sqrt(t)) ** 2) * (1.0 + rho)
-    lo = (t - kap * (2.0 * n + np.sqrt(hi)) ** 2) * (1.0 - rho)
-    cand = rows[lo <= hi.min()]
+    cand = rows[_near_best(s[rows], n, k, dist.d, len(s))]
     if len(cand) <= 1:
         return g
     index = np.arange(len(s)) if index is None else index
