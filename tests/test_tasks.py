@@ -167,6 +167,46 @@ def test_fused_sgd_step_equals_gradient_step() -> None:
     assert torch.equal(fused[2], W[2])
 
 
+def test_step_from_one_start_equals_the_step_on_copies() -> None:
+    """The first local step reads the global model once (``sgd_step_from_``): bit for bit
+    the step on k copies of it, whatever ``out`` held, and the plain gradient step."""
+    g = torch.Generator().manual_seed(1)
+    model = LogisticRegression(784, 10)
+    w = torch.randn(model.dim, generator=g) * 0.1
+    x = torch.rand(25, 32, 784, generator=g)
+    y = torch.randint(10, (25, 32), generator=g)
+    mask = torch.rand(25, 32, generator=g) > 0.2
+    mask[3] = False
+    copies = model.sgd_step_(w.expand(25, -1).clone(), x, y, mask, 0.1)
+    out = torch.full((25, model.dim), float("nan"))
+    assert model.sgd_step_from_(w, out, x, y, mask, 0.1) is out
+    assert torch.equal(out, copies)
+    W = w.expand(25, -1).clone()
+    assert torch.equal(out, W.sub_(model.batched_grad(W, x, y, mask), alpha=0.1))
+    assert torch.equal(out[3], w)
+
+
+def test_local_train_equals_a_loop_of_gradient_steps() -> None:
+    """``local_train`` (first step from the shared start, in blocks, then in place) against
+    a plain loop of ``batched_grad`` steps on the same batches, for 1 and 3 rounds."""
+    ds = _toy(n=3000, features=40, classes=10)
+    owner = torch.randint(60, (3000,), generator=torch.Generator().manual_seed(7))
+    part = Partition.from_owner(owner, 60)
+    model = LogisticRegression(40, 10)
+    task = Task(ds, model, part, lr=0.2, batch_size=32)
+    w = torch.randn(model.dim, generator=torch.Generator().manual_seed(8))
+    workers = torch.arange(0, 60, 2)
+    for rounds in (1, 3):
+        got = task.local_train(w, workers, ds.y_train, rounds, torch.Generator().manual_seed(9))
+        g = torch.Generator().manual_seed(9)
+        W = w.expand(len(workers), -1).clone()
+        for _ in range(rounds):
+            idx, mask = sample_batches(part, workers, 32, g)
+            x = ds.x_train[idx].reshape(*idx.shape, -1)
+            W = W.sub(model.batched_grad(W, x, ds.y_train[idx], mask), alpha=0.2)
+        assert torch.equal(got, W), rounds
+
+
 @pytest.mark.parametrize("n", [5, 700, 1500, 2100])
 def test_lr_logits_equal_the_plain_product(n: int) -> None:
     """One model's logits are formed in groups of examples: the same values as x·Aᵀ + b."""

@@ -165,15 +165,17 @@ class Task:
         trigger stamped), else the task's own. Returns [k, d].
         """
         k = workers.numel()
-        W = w.expand(k, -1).clone()
+        if rounds < 1:
+            return w.expand(k, -1).clone()
+        W = w.new_empty(k, w.shape[-1])
         x_rows = self._x_rows if inputs is None else inputs
-        for _ in range(rounds):
+        for r in range(rounds):
             idx, mask = sample_batches(self.partition, workers, self.batch_size, generator)
-            self.sgd_step(W, idx, mask, labels, x_rows)
+            self.sgd_step(W, idx, mask, labels, x_rows, start=w if r == 0 else None)
         return W
 
     def sgd_step(self, W: Tensor, idx: Tensor, mask: Tensor, labels: Tensor,
-                 inputs: Tensor | None = None) -> None:
+                 inputs: Tensor | None = None, *, start: Tensor | None = None) -> None:
         """One local SGD step of every row of ``W`` [k, d] (in place) on its mini-batch:
         example ids ``idx`` [k, B] with ``mask`` [k, B] (False on padding), ``labels`` and
         ``inputs`` (flat rows, default the task's own) as the workers see them. The step
@@ -183,11 +185,19 @@ class Task:
         A model with a fused in-place step (logistic regression's ``sgd_step_``) is stepped
         in blocks of workers on CPU, so that each block's gathered inputs stay in the L2
         cache between the two products that read them (per-worker results do not depend on
-        the blocks, so a Flower node stepping one worker computes the same numbers)."""
+        the blocks, so a Flower node stepping one worker computes the same numbers).
+
+        ``start`` [d], when given, is the model every row starts from (the first step of a
+        local training): ``W``'s values are not read, and a model with a fused step from
+        one start (``sgd_step_from_``) does not copy it k times first."""
         idx, mask = self._upload(idx), self._upload(mask)
         x_rows = self._x_rows if inputs is None else inputs
         y = labels.index_select(0, idx.reshape(-1)).view(idx.shape)
         fused = getattr(self.model, "sgd_step_", None)
+        fused_from = getattr(self.model, "sgd_step_from_", None)
+        if start is not None and (fused is None or fused_from is None):
+            W.copy_(start.expand_as(W))
+            start = None
         if fused is None:
             W.sub_(self.model.batched_grad(W, self._gather(idx, x_rows), y, mask),
                    alpha=self.lr)
@@ -195,7 +205,11 @@ class Task:
         block = getattr(self.model, "cpu_block_examples", None)
         for rows in _blocks(W.shape[0], idx.shape[1],
                             block if self.device.type == "cpu" else None):
-            fused(W[rows], self._gather(idx[rows], x_rows), y[rows], mask[rows], self.lr)
+            x = self._gather(idx[rows], x_rows)
+            if start is None:
+                fused(W[rows], x, y[rows], mask[rows], self.lr)
+            else:
+                fused_from(start, W[rows], x, y[rows], mask[rows], self.lr)
 
     def local_train_momentum(
         self,
