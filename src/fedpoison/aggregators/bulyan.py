@@ -85,7 +85,7 @@ def bulyan_select(D2: Tensor, f: int, theta: int) -> list[int]:
     ``max(1, n - f - 2)`` (capped at ``n - 1``) smallest squared distances to the other
     remaining models, ``n`` = remaining, and takes the smallest score (ties -> smallest
     index), as ``krum_scores`` would on the submatrix of the remaining models. Each row of
-    ``D2`` is sorted once; a step then only masks out removed models (``m x m`` work).
+    ``D2`` is sorted once; a step then drops the picked model from the rest (``n x n`` work).
     ``D2`` is taken as it is; ``bulyan`` also refines near-ties to the float64 reference.
     """
     m = D2.shape[0]
