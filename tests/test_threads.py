@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ def _hostile_matrix(m: int, d: int, seed: int) -> torch.Tensor:
 
 
 @pytest.fixture
-def restore_threads():
+def restore_threads() -> Iterator[None]:
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
