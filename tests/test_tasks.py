@@ -130,13 +130,20 @@ def test_sample_batches_tie_at_the_boundary(monkeypatch: pytest.MonkeyPatch) -> 
     assert idx.tolist() == [[0, 1, 5]]  # 0.125, 0.25 and the first of the three 0.5
 
 
+def _lr_task(n: int, features: int, workers: int, lr: float, batch: int, seed: int
+             ) -> tuple[Dataset, Partition, LogisticRegression, Task, torch.Tensor]:
+    """A toy 10-class LR task over ``workers`` random owners, and a random start model."""
+    ds = _toy(n=n, features=features, classes=10)
+    owner = torch.randint(workers, (n,), generator=torch.Generator().manual_seed(seed))
+    part = Partition.from_owner(owner, workers)
+    model = LogisticRegression(features, 10)
+    task = Task(ds, model, part, lr=lr, batch_size=batch)
+    w = torch.randn(model.dim, generator=torch.Generator().manual_seed(seed + 1))
+    return ds, part, model, task, w
+
+
 def test_local_train_does_not_depend_on_the_thread_count() -> None:
-    ds = _toy(n=2000, features=50, classes=10)
-    owner = torch.randint(40, (2000,), generator=torch.Generator().manual_seed(3))
-    part = Partition.from_owner(owner, 40)
-    model = LogisticRegression(50, 10)
-    task = Task(ds, model, part, lr=0.3, batch_size=16)
-    w = torch.randn(model.dim, generator=torch.Generator().manual_seed(4))
+    ds, _, _, task, w = _lr_task(2000, 50, 40, 0.3, 16, 3)
     threads = torch.get_num_threads()
     out = []
     try:
@@ -189,12 +196,7 @@ def test_step_from_one_start_equals_the_step_on_copies() -> None:
 def test_local_train_equals_a_loop_of_gradient_steps() -> None:
     """``local_train`` (first step from the shared start, in blocks, then in place) against
     a plain loop of ``batched_grad`` steps on the same batches, for 1 and 3 rounds."""
-    ds = _toy(n=3000, features=40, classes=10)
-    owner = torch.randint(60, (3000,), generator=torch.Generator().manual_seed(7))
-    part = Partition.from_owner(owner, 60)
-    model = LogisticRegression(40, 10)
-    task = Task(ds, model, part, lr=0.2, batch_size=32)
-    w = torch.randn(model.dim, generator=torch.Generator().manual_seed(8))
+    ds, part, model, task, w = _lr_task(3000, 40, 60, 0.2, 32, 7)
     workers = torch.arange(0, 60, 2)
     for rounds in (1, 3):
         got = task.local_train(w, workers, ds.y_train, rounds, torch.Generator().manual_seed(9))
