@@ -12,7 +12,8 @@ torch's OpenMP threads (GNU libgomp in the PyPI wheels) busy-wait after each par
 region for ``GOMP_SPINCOUNT`` iterations (300,000 by default, milliseconds here) before they
 sleep, and on two cores a spinning thread takes the core the pool's thread needs: the
 split sort then gained nothing. :func:`limit_openmp_spinning`, called by the command line
-before torch loads, lowers that count to :data:`OPENMP_SPIN` (docs/design.md, "Speed").
+before torch loads, lowers that count to :data:`OPENMP_SPIN` (docs/design.md, "NumPy's
+sorts on both cores").
 """
 
 from __future__ import annotations

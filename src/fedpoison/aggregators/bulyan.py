@@ -114,7 +114,6 @@ def _select(D: np.ndarray, f: int, theta: int, dist: _ExactDistances | None = No
     ids = order[order != np.arange(m)[:, None]].reshape(m, m - 1)
     Dc = np.take_along_axis(D, ids, axis=1)
     rows = np.arange(m)  # local indices of the remaining models, ascending
-    alive = np.ones(m, dtype=bool)
     chosen: list[int] = []
     for step in range(theta):
         n = m - step
@@ -128,10 +127,11 @@ def _select(D: np.ndarray, f: int, theta: int, dist: _ExactDistances | None = No
             if not _one_candidate(dist, sc, dist.norms[index[rows]], k, m):
                 scores = np.full(m, np.inf)
                 scores[rows] = sc
+                alive = np.zeros(m, dtype=bool)
+                alive[rows] = True
                 pick = _refine_pick(dist, scores, pick, k, index, alive)
                 j = int(np.searchsorted(rows, pick))
         chosen.append(pick)
-        alive[pick] = False
         if step + 1 < theta:
             keep = ids != pick
             keep[j] = False
