@@ -135,7 +135,7 @@ def main() -> None:
               "wall seconds and the run's own phase timings):")
         for rule in rules:
             cfg = RunConfig(dataset="mnist", model="lr", rule=rule, iterations=500)
-            results = [run(cfg, dataset=ds) for _ in range(args.runs)]
+            results = [run(cfg, dataset=ds, progress=False) for _ in range(args.runs)]
             secs = statistics.median(r.seconds for r in results)
             phases = {k: statistics.median(r.timings[k] for r in results)
                       for k in ("train", "aggregate", "evaluate")}
