@@ -152,15 +152,20 @@ def _score_bounds(
     rounding (a sum of ``d`` squares, then of ``k`` distances) and for that of ``s``.
     A non-finite score is its own bound.
     """
-    kap, rho = _bound_constants(k, d, m)
     finite = np.isfinite(s)
     if finite.all():  # the usual case: no inf - inf to guard against
-        hi = (s + kap * (2.0 * norms + np.sqrt(s)) ** 2) * (1.0 + rho)
-        return (s - kap * (2.0 * norms + np.sqrt(hi)) ** 2) * (1.0 - rho), hi
+        return _finite_bounds(s, norms, k, d, m)
     with np.errstate(invalid="ignore", over="ignore"):
-        hi = (s + kap * (2.0 * norms + np.sqrt(s)) ** 2) * (1.0 + rho)
-        lo = (s - kap * (2.0 * norms + np.sqrt(hi)) ** 2) * (1.0 - rho)
+        lo, hi = _finite_bounds(s, norms, k, d, m)
     return np.where(finite, lo, s), np.where(finite, hi, s)
+
+
+def _finite_bounds(s: np.ndarray, norms: np.ndarray, k: int, d: int, m: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``_score_bounds`` of finite scores ``s`` (no guard for non-finite ones)."""
+    kap, rho = _bound_constants(k, d, m)
+    hi = (s + kap * (2.0 * norms + np.sqrt(s)) ** 2) * (1.0 + rho)
+    return (s - kap * (2.0 * norms + np.sqrt(hi)) ** 2) * (1.0 - rho), hi
 
 
 def _exact_sq_distance_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -244,9 +249,7 @@ def _near_best(s: np.ndarray, norms: np.ndarray, k: int, d: int, m: int) -> np.n
     """Mask of the finite Gram scores ``s`` (of rows with centred norms ``norms``) whose
     error interval (``_score_bounds``) reaches the smallest upper end: the candidates for
     the reference's pick."""
-    kap, rho = _bound_constants(k, d, m)
-    hi = (s + kap * (2.0 * norms + np.sqrt(s)) ** 2) * (1.0 + rho)
-    lo = (s - kap * (2.0 * norms + np.sqrt(hi)) ** 2) * (1.0 - rho)
+    lo, hi = _finite_bounds(s, norms, k, d, m)
     return lo <= hi.min()
 
 
